@@ -1,0 +1,2 @@
+from edge_agent.cli import main
+raise SystemExit(main())
