@@ -1,0 +1,1 @@
+"""edgeflywheel cloud service."""

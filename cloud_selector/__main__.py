@@ -1,0 +1,2 @@
+from cloud_selector.cli import main
+raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""`cloud-selector`: the cloud service's command line. All wiring happens here.
+
+State lives in one data directory (--data-dir, or $CLOUD_SELECTOR_DATA_DIR): catalog.sqlite
+(the catalog), blobs/ (images and model bundles), cache/ (local copies of bundles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.bundle import BundleError, InputSpec
+
+log = logging.getLogger("cloud_selector")
+
+
+@dataclass
+class Services:
+    catalog: object
+    blobs: object
+    registry: object
+
+
+def open_services(data_dir: Path) -> Services:
+    from cloud_selector.blobstore import DirectoryBlobStore
+    from cloud_selector.catalog import Catalog
+    from cloud_selector.registry import Registry
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.sqlite(data_dir / "catalog.sqlite")
+    blobs = DirectoryBlobStore(data_dir / "blobs")
+    return Services(catalog, blobs, Registry(catalog, blobs, data_dir / "cache" / "models"))
+
+
+def cmd_serve(args, s: Services) -> int:
+    from cloud_selector.server import create_server
+
+    running = create_server(args.grpc_address, catalog=s.catalog, blobs=s.blobs, max_workers=args.max_workers,
+                            max_message_bytes=int(args.max_message_mb * 1024 * 1024), watch_poll_s=args.watch_poll)
+    host = args.grpc_address.rsplit(":", 1)[0]
+    print(f"cloud-selector: gRPC listening on {host}:{running.port}", flush=True)
+    if args.port_file:
+        args.port_file.write_text(str(running.port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    running.stop(grace_s=3.0)
+    log.info("stopped")
+    return 0
+
+
+def cmd_select(args, s: Services) -> int:
+    from cloud_selector.rounds import RoundConfig, run_round
+
+    result = run_round(s.catalog, s.blobs, s.registry, RoundConfig(
+        n_samples=args.n, duplicate_distance=args.duplicate_distance, typicality_strength=args.typicality_strength,
+        diversity_strength=args.diversity_strength, num_nearest_neighbors=args.k))
+    print(json.dumps({"run_id": result.run_id, "model_version": result.model_version, "pool": result.pool_size,
+                      "duplicates": result.duplicates, "selected": len(result.selected)}))
+    return 0
+
+
+def cmd_labels(args, s: Services) -> int:
+    from cloud_selector.labels import export_queue, import_image_folder, read_labels_csv
+
+    if args.action == "import":
+        n = s.catalog.set_labels(read_labels_csv(args.path))
+        print(f"labeled {n} candidates")
+    elif args.action == "import-folder":
+        result = import_image_folder(s.catalog, s.blobs, args.path)
+        print(f"imported {result.imported} labeled images ({result.already_present} already present, "
+              f"{len(result.unreadable)} unreadable)")
+    else:
+        n = export_queue(s.catalog, args.path)
+        print(f"wrote {n} queued candidates to {args.path}")
+    return 0
+
+
+def cmd_train(args, s: Services) -> int:
+    from cloud_selector.retrain import retrain
+    from cloud_selector.trainer import TrainConfig
+
+    spec = InputSpec(width=args.input_size, height=args.input_size, color=args.color,
+                     mean=(0.5,) * (1 if args.color == "gray" else 3), std=(0.5,) * (1 if args.color == "gray" else 3))
+    result = retrain(s.catalog, s.blobs, s.registry, name=args.name, default_input=spec,
+                     config=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    print(json.dumps({"version": result.manifest.version, "parent": result.manifest.parent_version,
+                      "labels": result.labels, "classes": len(result.manifest.classes), "epochs": result.epochs,
+                      "train_accuracy": round(result.train_accuracy, 4), "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def cmd_models(args, s: Services) -> int:
+    if args.action == "publish":
+        manifest = s.registry.publish(args.bundle)
+        print(f"published {manifest.name} v{manifest.version}")
+        return 0
+    if args.action == "export":
+        latest = s.registry.latest()
+        if latest is None:
+            raise LookupError("no published model yet")
+        version = args.version or latest["version"]
+        if args.bundle.exists():
+            raise FileExistsError(f"{args.bundle} already exists")
+        shutil.copytree(s.registry.local_bundle(version), args.bundle)
+        print(f"exported v{version} to {args.bundle} (use it as the agent's model.bundle_dir)")
+        return 0
+    for m in s.catalog.list_models():
+        print(f"v{m['version']}\t{m['name']}\tparent v{m['parent_version']}\t{len(m['manifest']['classes'])} classes\t"
+              f"labels {m['manifest'].get('label_set', {}).get('count', '?')}")
+    return 0
+
+
+def cmd_status(args, s: Services) -> int:
+    latest = s.registry.latest()
+    print(json.dumps({"candidates": s.catalog.count_by_state(), "latest_model": latest["version"] if latest else None,
+                      "devices": s.catalog.devices()}, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloud-selector",
+        description="The cloud side of edgeflywheel: ingest candidates from devices over gRPC, drop near-duplicates, "
+                    "select what to label by typicality and diversity, import labels, retrain, and serve new model "
+                    "bundles to the fleet.")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CLOUD_SELECTOR_DATA_DIR", "cloud-data")),
+                        help="state directory: catalog.sqlite, blobs/, cache/ (default $CLOUD_SELECTOR_DATA_DIR "
+                             "or ./cloud-data)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gRPC service for devices (ingest, models, fleet)",
+                       description="Serve devices until SIGTERM/Ctrl-C.")
+    p.add_argument("--grpc-address", default="127.0.0.1:50051", help="host:port to bind (port 0 picks a free one)")
+    p.add_argument("--max-message-mb", type=float, default=8.0, help="gRPC message limit in MiB (default 8)")
+    p.add_argument("--max-workers", type=int, default=64,
+                   help="worker threads; each device holds two streams open (default 64)")
+    p.add_argument("--watch-poll", type=float, default=1.0, help="seconds between checks for new models (default 1)")
+    p.add_argument("--port-file", type=Path, help="write the bound port to this file (useful with port 0)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("select", help="run one selection round over the pool",
+                       description="Drop near-duplicates of anything already pooled, selected or labeled, then pick "
+                                   "N candidates greedily by typicality x k-center diversity; picks enter the "
+                                   "labeling queue.")
+    p.add_argument("--n", type=int, default=50, help="how many to select (default 50)")
+    p.add_argument("--duplicate-distance", type=float, default=0.2,
+                   help="shift-tolerant appearance distance (RMS of standardised grey thumbnails) under which a "
+                        "candidate repeats an earlier one or a labeled one (default 0.2)")
+    p.add_argument("--typicality-strength", type=float, default=1.0)
+    p.add_argument("--diversity-strength", type=float, default=1.0)
+    p.add_argument("--k", type=int, default=10, help="neighbours for typicality (default 10)")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("labels", help="import labels, or export the labeling queue",
+                       description="import FILE.csv (candidate_id,label) | import-folder ROOT (ROOT/<label>/<image>) "
+                                   "| export-queue OUT.csv")
+    p.add_argument("action", choices=["import", "import-folder", "export-queue"],
+                   help="import: set labels from a CSV with columns candidate_id,label (all or nothing); "
+                        "import-folder: add already-labeled images from ROOT/<label>/<image>; "
+                        "export-queue: write the selected-but-unlabeled candidates to a CSV")
+    p.add_argument("path", type=Path, help="the CSV file or image folder")
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("train", help="retrain on all labels and publish the next model version",
+                       description="Train the small CNN on every labeled candidate, export ONNX (checked, parity "
+                                   "with torch), build a bundle and publish it; devices pick it up.")
+    p.add_argument("--name", default="classifier", help="model name for the first version")
+    p.add_argument("--epochs", type=int, default=40, help="upper bound; early stopping ends sooner (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=28, help="first version only: model input size (default 28)")
+    p.add_argument("--color", choices=["gray", "rgb", "bgr"], default="gray", help="first version only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list, publish or export model versions",
+                       description="list: every version with its parent and label count; publish BUNDLE: verify and "
+                                   "publish a bundle directory as the newest version; export OUT [--version N]: copy "
+                                   "a published bundle (default the latest) to OUT, e.g. as a device's first model.")
+    p.add_argument("action", choices=["list", "publish", "export"])
+    p.add_argument("bundle", nargs="?", type=Path, help="publish: bundle directory; export: output directory")
+    p.add_argument("--version", type=int, default=0, help="export: which version (default the latest)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("status", help="candidate counts, latest model, devices (JSON)")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cloud_selector.blobstore import BlobError
+    from cloud_selector.catalog import UnknownCandidates
+    from cloud_selector.labels import LabelFileError
+    from cloud_selector.trainer import ExportError, TrainingError
+
+    if args.command == "models" and args.action in ("publish", "export") and args.bundle is None:
+        print(f"cloud-selector: error: models {args.action} needs a directory", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args, open_services(args.data_dir))
+    except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
+            OSError) as exc:
+        print(f"cloud-selector: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
