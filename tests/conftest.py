@@ -1,0 +1,67 @@
+"""Shared fixtures: a real cloud (catalog + blob store + gRPC server on 127.0.0.1:0) and a
+seed model trained on a handful of real Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flywheel_demo.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+DATA_DIR = Path(os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+
+
+@pytest.fixture(scope="session")
+def fashion_train():
+    if not (DATA_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST is missing in {DATA_DIR}: run `make test` (it installs dataset-fashion-mnist)")
+    return load_fashion_mnist("train", DATA_DIR)
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    """Services on a fresh data dir plus a running gRPC server; yields (services, port)."""
+    from cloud_selector.cli import open_services
+    from cloud_selector.server import create_server
+
+    services = open_services(tmp_path / "cloud")
+    running = create_server("127.0.0.1:0", catalog=services.catalog, blobs=services.blobs, watch_poll_s=0.1)
+    yield services, running.port
+    running.stop(grace_s=0.5)
+    services.catalog.close()
+
+
+def seed_model(services, dataset, root: Path, classes=(0, 1, 7, 9), per_class: int = 6, frame_size: int = 56):
+    """Import `per_class` labeled images of each class and train v1; returns the local bundle."""
+    from cloud_selector.labels import import_image_folder
+    from cloud_selector.retrain import retrain
+    from cloud_selector.trainer import TrainConfig
+    from flywheel_demo.streams import render_clean
+
+    rng = np.random.default_rng(0)
+    for label in classes:
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in rng.choice(np.flatnonzero(dataset.labels == label), per_class, replace=False):
+            cv2.imwrite(str(folder / f"{index}.png"), render_clean(dataset.images[index], frame_size))
+    import_image_folder(services.catalog, services.blobs, root)
+    result = retrain(services.catalog, services.blobs, services.registry, name="test-cnn",
+                     config=TrainConfig(epochs=8, seed=0))
+    return services.registry.local_bundle(result.manifest.version)
+
+
+def write_video(dataset, path: Path, *, classes=(0, 1, 7, 9), n_items: int = 30, seed: int = 0) -> Path:
+    from flywheel_demo.streams import StreamPlan, plan_stream, write_stream_video
+
+    mix = np.zeros(len(dataset.classes))
+    mix[list(classes)] = 1.0 / len(classes)
+    items = plan_stream(dataset.labels, mix, n_items, rng=np.random.default_rng(seed), run_length=(3, 6))
+    plan = StreamPlan(device_id="cam-test", round=1, items=items, fps=10.0)
+    return write_stream_video(path, dataset, plan, frame_size=56, seed=seed)

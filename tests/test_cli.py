@@ -1,0 +1,95 @@
+"""User mistakes get a one-line error and exit code 2, never a traceback; --help explains."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def run(module: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("module,sub", [("edge_agent", "run"), ("edge_agent", "check"), ("cloud_selector", "serve"),
+                                        ("cloud_selector", "select"), ("cloud_selector", "labels"),
+                                        ("cloud_selector", "train")])
+def test_help_explains(module, sub):
+    top, one = run(module, "--help"), run(module, sub, "--help")
+    assert top.returncode == 0 and one.returncode == 0
+    assert sub in top.stdout and len(one.stdout) > 200
+
+
+def write_config(tmp_path, extra: str = "", bundle: str = "/nonexistent/bundle", address: str = "127.0.0.1:1"):
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[device]\nid = "cam"\nstate_dir = "{tmp_path / "state"}"\n[source]\npath = "{tmp_path}"\n'
+                    f'[model]\nbundle_dir = "{bundle}"\n[cloud]\naddress = "{address}"\n{extra}')
+    return path
+
+
+def test_wrong_config_key(tmp_path):
+    config = write_config(tmp_path, extra="[policy]\nthreshhold = 0.3\n")
+    assert_one_line_error(run("edge_agent", "run", "--config", str(config)), "unknown key policy.threshhold")
+
+
+def test_wrong_value_type_from_env(tmp_path):
+    import os
+
+    env = {**os.environ, "EDGE_AGENT_POLICY_THRESHOLD": "high"}
+    assert_one_line_error(run("edge_agent", "run", "--config", str(write_config(tmp_path)), env=env),
+                          "EDGE_AGENT_POLICY_THRESHOLD")
+
+
+def test_missing_model_file(tmp_path):
+    assert_one_line_error(run("edge_agent", "run", "--config", str(write_config(tmp_path))), "manifest.json")
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run("edge_agent", "run", "--config", str(tmp_path / "nope.toml")), "not found")
+
+
+def test_unreachable_server(cloud, fashion_train, tmp_path):
+    from conftest import seed_model
+
+    services, _ = cloud
+    bundle = seed_model(services, fashion_train, tmp_path / "seed", per_class=2)
+    result = run("edge_agent", "check", "--config", str(write_config(tmp_path, bundle=str(bundle))))
+    assert_one_line_error(result, "cannot reach the cloud at 127.0.0.1:1")
+
+
+def test_cloud_label_file_errors(tmp_path):
+    data = str(tmp_path / "cloud")
+    bad = tmp_path / "labels.csv"
+    bad.write_text("id,label\nx,y\n")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(bad)), "candidate_id,label")
+    bad.write_text("candidate_id,label\n6f1d8c8e-4a43-4f2e-9d8e-2f4f1f0b7a11,cat\n")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(bad)), "unknown candidate")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "select"), "no published model")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "train", "--quiet"), "no labeled candidates")
+
+
+def test_cloud_status_on_empty_data_dir(tmp_path):
+    result = run("cloud_selector", "--data-dir", str(tmp_path / "cloud"), "status")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"candidates": {}, "latest_model": None, "devices": []}
+
+
+def test_agent_config_template_matches_deploy_example():
+    result = run("edge_agent", "config", "template")
+    assert result.returncode == 0
+    assert (ROOT / "deploy" / "agent.example.toml").read_text().strip() == result.stdout.strip(), \
+        "deploy/agent.example.toml is stale: regenerate it with `edge-agent config template`"
