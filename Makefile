@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both build everything they need.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+# Where Fashion-MNIST's IDX files are (the system package, or the copy unpacked without root).
+FASHION_MNIST_DIR ?= $(shell [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	&& echo /usr/share/datasets/fashion-mnist || echo $(CURDIR)/.data/debian/usr/share/datasets/fashion-mnist)
+export FASHION_MNIST_DIR
+
+.PHONY: demo test bench deps system-deps protos clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: this is the CPU build on disk; a bare `torch` would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[cloud,dev]'
+	touch $(STAMP)
+
+deps: $(STAMP) system-deps
+
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+demo: deps
+	$(PY) -m flywheel_demo.cli --data-dir "$(FASHION_MNIST_DIR)" $(ARGS)
+
+test: deps
+	$(PY) -m pytest -q $(ARGS)
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .data
