@@ -7,7 +7,6 @@ table holds the manifest and the file list (path, sha256, size) that assignments
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -70,8 +69,3 @@ class Registry:
         staging.rename(target)
         return target
 
-
-def manifest_summary(record: dict) -> str:
-    m = record["manifest"]
-    return json.dumps({"version": record["version"], "name": record["name"], "parent": record["parent_version"],
-                       "classes": m["classes"], "metrics": m.get("metrics", {})})

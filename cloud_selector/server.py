@@ -17,9 +17,9 @@ from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import Catalog
 from cloud_selector.fleet_service import FleetService, ModelsService
 from cloud_selector.ingest import IngestLimits, IngestService
+from edge_agent.transport import DEFAULT_MAX_MESSAGE_BYTES  # one wire limit for both sides
 from protos import flywheel_pb2_grpc as pb_grpc
 
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass

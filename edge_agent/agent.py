@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -124,7 +124,7 @@ class Agent:
 class Heartbeat:
     """Report counters to the cloud every `interval_s` (and once more at stop)."""
 
-    def __init__(self, channel: grpc.Channel, agent: Agent, uploaded: "callable", interval_s: float = 5.0):
+    def __init__(self, channel: grpc.Channel, agent: Agent, uploaded: Callable[[], int], interval_s: float = 5.0):
         self._stub = pb_grpc.FleetStub(channel)
         self._agent = agent
         self._uploaded = uploaded
