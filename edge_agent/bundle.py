@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 FORMAT = "edgeflywheel.bundle/1"
 MANIFEST_FILE = "manifest.json"
 COLOR_ORDERS = ("gray", "rgb", "bgr")
+RESIZE_MODES = ("stretch", "letterbox", "center_crop")
+LAYOUTS = ("NCHW", "NHWC")
 
 
 class BundleError(Exception):
@@ -36,7 +38,10 @@ class InputSpec:
     color: str = "rgb"  # channel order the model expects: gray | rgb | bgr
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    layout: str = "NCHW"
+    layout: str = "NCHW"  # NCHW | NHWC
+    # stretch: resize to width x height ignoring aspect; letterbox: fit inside and pad with 0;
+    # center_crop: scale to cover, then crop the centre.
+    resize: str = "stretch"
 
     @property
     def channels(self) -> int:
@@ -60,6 +65,13 @@ class Manifest:
     label_set: dict = field(default_factory=dict)  # {"count": n, "sha256": ...}
     metrics: dict = field(default_factory=dict)
     created_at: str = ""
+    embedding_dim: int = 0  # length of the embedding output (0 = unknown, older bundles)
+    # Novelty = cosine distance to the k-th nearest bank embedding, calibrated against the bank's
+    # own leave-one-out k-NN distances at these quantiles (0%, 1%, ..., 100%): the device reports
+    # the quantile rank, so 0.5 means "as far from the bank as a typical bank member" whatever
+    # the model. Empty = report the raw distance.
+    novelty_k: int = 1
+    novelty_quantiles: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,6 +79,7 @@ class Manifest:
         d["classes"] = list(self.classes)
         d["input"]["mean"] = list(self.input.mean)
         d["input"]["std"] = list(self.input.std)
+        d["novelty_quantiles"] = list(self.novelty_quantiles)
         return d
 
     @classmethod
@@ -81,6 +94,7 @@ class Manifest:
                 mean=tuple(float(v) for v in d["input"].get("mean", (0.0,))),
                 std=tuple(float(v) for v in d["input"].get("std", (1.0,))),
                 layout=str(d["input"].get("layout", "NCHW")),
+                resize=str(d["input"].get("resize", "stretch")),
             )
             fields = {k: v for k, v in d.items() if k not in ("format", "input", "classes")}
             known = set(cls.__dataclass_fields__)
@@ -91,6 +105,8 @@ class Manifest:
                 raise BundleError("manifest classes must be a list and files a mapping")
             if type(d.get("version")) is not int or type(d.get("parent_version", 0)) is not int:
                 raise BundleError("manifest version and parent_version must be integers")
+            if "novelty_quantiles" in fields:
+                fields["novelty_quantiles"] = tuple(float(v) for v in fields["novelty_quantiles"])
             manifest = cls(classes=tuple(str(c) for c in d["classes"]), input=spec, **fields)
             manifest.validate()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -104,8 +120,15 @@ class Manifest:
             raise BundleError("manifest lists no classes")
         if self.input.color not in COLOR_ORDERS:
             raise BundleError(f"input.color must be one of {COLOR_ORDERS}, got {self.input.color!r}")
-        if self.input.layout != "NCHW":
-            raise BundleError(f"input.layout {self.input.layout!r} is not supported (NCHW only)")
+        if self.input.layout not in LAYOUTS:
+            raise BundleError(f"input.layout must be one of {LAYOUTS}, got {self.input.layout!r}")
+        if self.input.resize not in RESIZE_MODES:
+            raise BundleError(f"input.resize must be one of {RESIZE_MODES}, got {self.input.resize!r}")
+        if self.novelty_k < 1 or self.embedding_dim < 0:
+            raise BundleError("novelty_k must be >= 1 and embedding_dim >= 0")
+        q = self.novelty_quantiles
+        if q and (len(q) < 2 or any(b < a for a, b in zip(q, q[1:]))):
+            raise BundleError("novelty_quantiles must be at least 2 non-decreasing values")
         if not (1 <= self.input.width <= 4096 and 1 <= self.input.height <= 4096):
             raise BundleError(f"input size {self.input.width}x{self.input.height} out of range")
         for spec_values, name in ((self.input.mean, "mean"), (self.input.std, "std")):

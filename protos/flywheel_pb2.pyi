@@ -43,18 +43,20 @@ INSTALL_STATUS_FAILED: InstallStatus
 INSTALL_STATUS_ROLLED_BACK: InstallStatus
 
 class Scores(_message.Message):
-    __slots__ = ("least_confidence", "margin", "entropy", "novelty", "combined")
+    __slots__ = ("least_confidence", "margin", "entropy", "novelty", "combined", "novelty_distance")
     LEAST_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MARGIN_FIELD_NUMBER: _ClassVar[int]
     ENTROPY_FIELD_NUMBER: _ClassVar[int]
     NOVELTY_FIELD_NUMBER: _ClassVar[int]
     COMBINED_FIELD_NUMBER: _ClassVar[int]
+    NOVELTY_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     least_confidence: float
     margin: float
     entropy: float
     novelty: float
     combined: float
-    def __init__(self, least_confidence: _Optional[float] = ..., margin: _Optional[float] = ..., entropy: _Optional[float] = ..., novelty: _Optional[float] = ..., combined: _Optional[float] = ...) -> None: ...
+    novelty_distance: float
+    def __init__(self, least_confidence: _Optional[float] = ..., margin: _Optional[float] = ..., entropy: _Optional[float] = ..., novelty: _Optional[float] = ..., combined: _Optional[float] = ..., novelty_distance: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("candidate_id", "device_id", "capture_time_ms", "model_version", "jpeg", "width", "height", "embedding", "probabilities", "scores", "reason", "metadata")
@@ -178,7 +180,7 @@ class InstallReportAck(_message.Message):
     def __init__(self) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("device_id", "model_version", "frames_seen", "frames_kept", "candidates_acked", "spool_depth", "spool_bytes", "fps", "agent_version", "device_time_ms", "status")
+    __slots__ = ("device_id", "model_version", "frames_seen", "frames_kept", "candidates_acked", "spool_depth", "spool_bytes", "fps", "agent_version", "device_time_ms", "status", "inference_p50_ms", "inference_p99_ms", "candidates_evicted", "candidates_rejected", "bytes_uploaded", "spool_cap_bytes")
     class StatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +199,12 @@ class HeartbeatRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    SPOOL_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     model_version: int
     frames_seen: int
@@ -208,7 +216,13 @@ class HeartbeatRequest(_message.Message):
     agent_version: str
     device_time_ms: int
     status: _containers.ScalarMap[str, str]
-    def __init__(self, device_id: _Optional[str] = ..., model_version: _Optional[int] = ..., frames_seen: _Optional[int] = ..., frames_kept: _Optional[int] = ..., candidates_acked: _Optional[int] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., fps: _Optional[float] = ..., agent_version: _Optional[str] = ..., device_time_ms: _Optional[int] = ..., status: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    inference_p50_ms: float
+    inference_p99_ms: float
+    candidates_evicted: int
+    candidates_rejected: int
+    bytes_uploaded: int
+    spool_cap_bytes: int
+    def __init__(self, device_id: _Optional[str] = ..., model_version: _Optional[int] = ..., frames_seen: _Optional[int] = ..., frames_kept: _Optional[int] = ..., candidates_acked: _Optional[int] = ..., spool_depth: _Optional[int] = ..., spool_bytes: _Optional[int] = ..., fps: _Optional[float] = ..., agent_version: _Optional[str] = ..., device_time_ms: _Optional[int] = ..., status: _Optional[_Mapping[str, str]] = ..., inference_p50_ms: _Optional[float] = ..., inference_p99_ms: _Optional[float] = ..., candidates_evicted: _Optional[int] = ..., candidates_rejected: _Optional[int] = ..., bytes_uploaded: _Optional[int] = ..., spool_cap_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time_ms", "interval_s")
