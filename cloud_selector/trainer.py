@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from cloud_selector.cnn import SmallCNN
 from edge_agent.bundle import BundleError, InputSpec, Manifest, verify_bundle, write_bundle
 from edge_agent.preprocess import preprocess
-from edge_agent.scoring import softmax
+from edge_agent.scoring import calibrate_bank, softmax
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +300,10 @@ def embed_frames(onnx_path: Path, spec: InputSpec, frames_bgr: Sequence[np.ndarr
 
 def build_bundle(out_dir: Path, *, model: torch.nn.Module, name: str, version: int, parent_version: int,
                  classes: Sequence[str], spec: InputSpec, bank_frames_bgr: Sequence[np.ndarray],
-                 label_set: dict, metrics: dict, workdir: Path) -> Manifest:
-    """Export `model`, embed the labeled frames as the novelty bank, write and verify a bundle
-    at `out_dir` (which must not exist). Returns the manifest as written."""
+                 label_set: dict, metrics: dict, workdir: Path, novelty_k: int = 1) -> Manifest:
+    """Export `model`, embed the labeled frames as the novelty bank (with its distance
+    calibration, so devices report novelty on one scale across models), write and verify a
+    bundle at `out_dir` (which must not exist). Returns the manifest as written."""
     out_dir, workdir = Path(out_dir), Path(workdir)
     if out_dir.exists():  # fail before the export work, not after it
         raise BundleError(f"bundle directory {out_dir} already exists")
@@ -318,7 +319,8 @@ def build_bundle(out_dir: Path, *, model: torch.nn.Module, name: str, version: i
     np.save(bank_path, bank)
     manifest = Manifest(
         name=name, version=version, parent_version=parent_version, classes=tuple(classes), input=spec,
-        label_set=dict(label_set), metrics=dict(metrics),
+        label_set=dict(label_set), metrics=dict(metrics), embedding_dim=int(bank.shape[1]),
+        novelty_k=novelty_k, novelty_quantiles=calibrate_bank(bank, k=novelty_k),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     written = write_bundle(out_dir, manifest, {manifest.model_file: onnx_path, manifest.novelty_bank_file: bank_path})

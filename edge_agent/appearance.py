@@ -68,27 +68,55 @@ def pair_distances(a: np.ndarray, b: np.ndarray, max_shift: int = DEFAULT_MAX_SH
 
 
 class RecentFrames:
-    """Signatures of the last `capacity` kept frames: a parked car is uploaded once, not for
-    every frame it stays in view. `is_repeat` computes the frame's signature once and keeps it
-    for `remember`, which the caller invokes when the frame is actually kept."""
+    """The last `capacity` kept frames: a parked car is uploaded once, not for every frame it
+    stays in view.
+
+    A frame repeats a kept one when both signals agree on the same kept frame: its embedding is
+    within `embedding_threshold` cosine distance (cheap, checked first; 0 = skip this signal)
+    and its appearance signature is within `threshold` (0 = skip this signal). The embedding
+    alone would call two look-alike items repeats; appearance confirms. With both thresholds 0
+    nothing is a repeat.
+
+    `is_repeat` computes what it needs once and keeps it for `remember`, which the caller
+    invokes when the frame is actually kept.
+    """
 
     def __init__(self, capacity: int = 16, threshold: float = 0.2, size: int = DEFAULT_SIZE,
-                 max_shift: int = DEFAULT_MAX_SHIFT):
+                 max_shift: int = DEFAULT_MAX_SHIFT, embedding_threshold: float = 0.0):
         self.threshold = threshold
+        self.embedding_threshold = embedding_threshold
         self.size = size
         self.max_shift = max_shift
-        self._ring: deque[np.ndarray] = deque(maxlen=capacity)
-        self._last: np.ndarray | None = None
+        self._signatures: deque[np.ndarray] = deque(maxlen=capacity)
+        self._embeddings: deque[np.ndarray | None] = deque(maxlen=capacity)
+        self._last: tuple[np.ndarray, np.ndarray | None] | None = None
 
-    def is_repeat(self, frame_bgr: np.ndarray) -> bool:
-        self._last = signature(frame_bgr, self.size)
-        if not self._ring or self.threshold <= 0:
+    @property
+    def enabled(self) -> bool:
+        return self.threshold > 0 or self.embedding_threshold > 0
+
+    def is_repeat(self, frame_bgr: np.ndarray, embedding: np.ndarray | None = None) -> bool:
+        unit = None
+        if embedding is not None:
+            e = np.asarray(embedding, np.float32).ravel()
+            unit = e / max(float(np.linalg.norm(e)), 1e-12)
+        self._last = (signature(frame_bgr, self.size), unit)
+        if not self._signatures or not self.enabled:
             return False
-        ring = np.stack(self._ring)
-        probe = np.broadcast_to(self._last, ring.shape)
+        candidates = np.ones(len(self._signatures), bool)
+        if self.embedding_threshold > 0 and unit is not None:
+            for i, kept in enumerate(self._embeddings):
+                candidates[i] = kept is not None and 1.0 - float(kept @ unit) <= self.embedding_threshold
+            if not candidates.any():
+                return False
+        if self.threshold <= 0:
+            return bool(candidates.any())
+        ring = np.stack([sig for sig, ok in zip(self._signatures, candidates) if ok])
+        probe = np.broadcast_to(self._last[0], ring.shape)
         return bool(pair_distances(probe, ring, self.max_shift).min() < self.threshold)
 
     def remember(self) -> None:
         if self._last is not None:
-            self._ring.append(self._last)
+            self._signatures.append(self._last[0])
+            self._embeddings.append(self._last[1])
             self._last = None

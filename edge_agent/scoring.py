@@ -6,8 +6,9 @@ batch ([N, C]). Pure numpy; no I/O.
 - least confidence = 1 - p_max
 - margin           = 1 - (p_1 - p_2)         (p_1 >= p_2 the two largest probabilities)
 - entropy          = -sum p log p / log C     (normalised to [0, 1])
-- novelty          = cosine distance from the frame's embedding to the nearest embedding of the
-                     model's reference bank (0 = seen before, up to 2 = opposite direction)
+- novelty          = cosine distance from the frame's embedding to its k-th nearest embedding of
+                     the model's reference bank, calibrated to [0, 1] against the bank's own
+                     distances (see `NoveltyBank`)
 """
 
 from __future__ import annotations
@@ -57,19 +58,32 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class NoveltyBank:
-    """Reference embeddings; novelty of a frame = cosine distance to the nearest of them.
+    """Reference embeddings; novelty of a frame = how far it is from them.
 
-    An empty bank makes every frame maximally novel (1.0, the distance to an orthogonal
-    vector), so a model shipped without references still uploads.
+    distance = cosine distance to the k-th nearest reference (k = 1: the nearest; a larger k
+    ignores a lone look-alike in the bank). The calibrated novelty maps that distance to its
+    quantile rank among the bank's own leave-one-out k-NN distances (`calibrate_bank`, shipped in
+    the manifest), so 0.5 means "as far from the bank as a typical bank member" and 1.0 "farther
+    than any", whatever the model or its embedding scale. Without calibration the novelty is the
+    raw distance.
+
+    An empty bank makes every frame maximally novel (1.0), so a model shipped without references
+    still uploads.
     """
 
     EMPTY_NOVELTY = 1.0
 
-    def __init__(self, embeddings: np.ndarray):
+    def __init__(self, embeddings: np.ndarray, *, k: int = 1, quantiles: tuple[float, ...] | list[float] = ()):
         bank = np.asarray(embeddings, dtype=np.float32)
         if bank.ndim != 2:
             raise ValueError(f"novelty bank must be 2-D [N, D], got shape {bank.shape}")
+        if k < 1:
+            raise ValueError(f"novelty k must be >= 1, got {k}")
         self._bank = l2_normalize(bank) if len(bank) else bank
+        self.k = k
+        self.quantiles = np.asarray(quantiles, dtype=np.float64)
+        if len(self.quantiles) == 1 or np.any(np.diff(self.quantiles) < 0):
+            raise ValueError("novelty quantiles must be at least 2 non-decreasing values")
 
     def __len__(self) -> int:
         return len(self._bank)
@@ -78,13 +92,45 @@ class NoveltyBank:
     def dim(self) -> int:
         return self._bank.shape[1]
 
-    def novelty(self, embedding: np.ndarray) -> np.ndarray:
-        """Cosine distance to the nearest reference, for one embedding [D] or a batch [N, D]."""
+    def distance(self, embedding: np.ndarray) -> np.ndarray:
+        """Cosine distance to the k-th nearest reference, for one embedding [D] or a batch [N, D]."""
         e = l2_normalize(embedding)
         if len(self._bank) == 0:
             return np.full(e.shape[:-1], self.EMPTY_NOVELTY)
-        similarity = e @ self._bank.T
-        return np.clip(1.0 - similarity.max(axis=-1), 0.0, 2.0).astype(np.float64)
+        return _kth_distance(e @ self._bank.T, self.k)
+
+    def novelty(self, embedding: np.ndarray) -> np.ndarray:
+        """Calibrated novelty in [0, 1] (raw distance when the bank has no calibration)."""
+        return self.calibrate(self.distance(embedding))
+
+    def calibrate(self, distance: np.ndarray) -> np.ndarray:
+        if len(self._bank) == 0 or len(self.quantiles) == 0:
+            return np.asarray(distance, dtype=np.float64)
+        levels = np.linspace(0.0, 1.0, len(self.quantiles))
+        return np.interp(distance, self.quantiles, levels, left=0.0, right=1.0)
+
+
+def _kth_distance(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance to the k-th most similar column, k clipped to the number of columns."""
+    k = min(k, similarity.shape[-1])
+    kth = -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
+    return np.clip(1.0 - kth, 0.0, 2.0).astype(np.float64)
+
+
+def calibrate_bank(embeddings: np.ndarray, k: int = 1, n_quantiles: int = 101,
+                   chunk: int = 2048) -> tuple[float, ...]:
+    """Quantiles (0%..100%) of each bank member's cosine distance to its k-th nearest *other*
+    member: the reference a device compares a frame's distance with. Memory is chunk x N."""
+    bank = l2_normalize(np.asarray(embeddings, dtype=np.float32))
+    if len(bank) < 2:
+        return ()
+    distances = np.empty(len(bank))
+    for start in range(0, len(bank), chunk):
+        similarity = bank[start:start + chunk] @ bank.T
+        rows = np.arange(similarity.shape[0])
+        similarity[rows, rows + start] = -np.inf  # leave the member itself out
+        distances[start:start + chunk] = _kth_distance(similarity, min(k, len(bank) - 1))
+    return tuple(float(v) for v in np.quantile(distances, np.linspace(0.0, 1.0, n_quantiles)))
 
 
 @dataclass(frozen=True)
@@ -93,6 +139,7 @@ class FrameScores:
     margin: float
     entropy: float
     novelty: float
+    novelty_distance: float = 0.0
 
     def uncertainty(self, measure: str) -> float:
         if measure not in UNCERTAINTY_MEASURES:
@@ -102,9 +149,11 @@ class FrameScores:
 
 def score_frame(probs: np.ndarray, embedding: np.ndarray, bank: NoveltyBank) -> FrameScores:
     """All scores for one frame from its probabilities [C] and embedding [D]."""
+    distance = bank.distance(embedding)
     return FrameScores(
         least_confidence=float(least_confidence(probs)),
         margin=float(margin(probs)),
         entropy=float(entropy(probs)),
-        novelty=float(bank.novelty(embedding)),
+        novelty=float(bank.calibrate(distance)),
+        novelty_distance=float(distance),
     )

@@ -14,6 +14,14 @@ server's idempotency on candidate_id absorbs the resend.
 
 The spool also records how far the agent got in each source file, in the same transaction as
 the items it kept there, so a restarted agent neither re-keeps nor skips frames.
+
+Disk cap: with `cap_bytes`, the payload bytes of the items still to send never exceed it. When
+a new item does not fit, the lowest-value queued items (by the policy's combined score) that are
+worth less than the new one are evicted to make room; when that is not enough, the new item is
+the one dropped. Either way the evictions are counted (persistently) and the source progress
+is still recorded. The SQLite file itself reuses freed pages, so it stays near the cap plus a
+small overhead. Items go out highest value first, so after days offline the best ones are sent
+first.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ CREATE TABLE IF NOT EXISTS items (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS items_state_created ON items(state, created_ms);
+CREATE INDEX IF NOT EXISTS items_state_score ON items(state, score);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS progress (
     source TEXT PRIMARY KEY,
     last_index INTEGER NOT NULL
@@ -51,11 +64,19 @@ class SpoolItem:
 
 
 @dataclass(frozen=True)
+class PutResult:
+    stored: bool  # False: the item was worth less than everything queued and did not fit
+    evicted: int  # items removed to stay under the cap (including this one when not stored)
+
+
+@dataclass(frozen=True)
 class SpoolStats:
     queued: int
     sending: int
     dead: int
     pending_bytes: int
+    evicted_total: int = 0
+    cap_bytes: int = 0
 
     @property
     def depth(self) -> int:
@@ -63,7 +84,13 @@ class SpoolStats:
 
 
 class Spool:
-    def __init__(self, path: Path, *, synchronous: str = "FULL"):
+    # Dead items are kept for audit up to this many (oldest go first).
+    MAX_DEAD = 10_000
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", cap_bytes: int = 0):
+        if cap_bytes < 0:
+            raise ValueError("spool cap_bytes must be >= 0 (0 = no cap)")
+        self.cap_bytes = int(cap_bytes)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -79,15 +106,23 @@ class Spool:
         with self._lock:
             self._db.close()
 
-    def put(self, candidate_id: str, payload: bytes, score: float, progress: tuple[str, int] | None = None) -> None:
-        """Store one item durably (and, in the same transaction, the source progress)."""
+    def put(self, candidate_id: str, payload: bytes, score: float,
+            progress: tuple[str, int] | None = None) -> PutResult:
+        """Store one item durably (and, in the same transaction, the source progress), evicting
+        lower-value queued items when the cap requires it."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    "INSERT INTO items(candidate_id, state, created_ms, score, size, payload) VALUES (?,?,?,?,?,?)",
-                    (candidate_id, QUEUED, int(time.time() * 1000), float(score), len(payload), payload),
-                )
+                victims = self._make_room(len(payload), float(score))
+                if victims is None:
+                    self._count("evicted", 1)
+                else:
+                    self._db.executemany("DELETE FROM items WHERE candidate_id=?", [(v,) for v in victims])
+                    self._count("evicted", len(victims))
+                    self._db.execute(
+                        "INSERT INTO items(candidate_id, state, created_ms, score, size, payload) VALUES (?,?,?,?,?,?)",
+                        (candidate_id, QUEUED, int(time.time() * 1000), float(score), len(payload), payload),
+                    )
                 if progress is not None:
                     self._set_progress(*progress)
                 self._db.execute("COMMIT")
@@ -95,6 +130,38 @@ class Spool:
                 self._db.execute("ROLLBACK")
                 raise
             self._items_available.notify_all()
+        return PutResult(stored=victims is not None, evicted=1 if victims is None else len(victims))
+
+    def _make_room(self, size: int, score: float) -> list[str] | None:
+        """Queued items to evict so `size` more bytes fit under the cap (lowest score first,
+        only items worth less than the newcomer), or None when the newcomer must go instead."""
+        if not self.cap_bytes:
+            return []
+        if size > self.cap_bytes:
+            return None
+        pending = self._db.execute("SELECT coalesce(sum(size), 0) FROM items WHERE state != ?", (DEAD,)).fetchone()[0]
+        excess = pending + size - self.cap_bytes
+        if excess <= 0:
+            return []
+        victims, freed = [], 0
+        rows = self._db.execute(
+            "SELECT candidate_id, size FROM items WHERE state=? AND score < ? ORDER BY score, created_ms",
+            (QUEUED, score),
+        )
+        for candidate_id, item_size in rows:
+            victims.append(candidate_id)
+            freed += item_size
+            if freed >= excess:
+                return victims
+        return None
+
+    def _count(self, name: str, amount: int) -> None:
+        if amount:
+            self._db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=value + excluded.value",
+                (name, int(amount)),
+            )
 
     def record_progress(self, source: str, last_index: int) -> None:
         with self._lock:
@@ -112,12 +179,13 @@ class Spool:
             return dict(self._db.execute("SELECT source, last_index FROM progress").fetchall())
 
     def claim(self, limit: int) -> list[SpoolItem]:
-        """Mark up to `limit` queued items (oldest first) as sending and return them."""
+        """Mark up to `limit` queued items (highest value first, then oldest) as sending and
+        return them."""
         if limit <= 0:
             return []
         with self._lock:
             rows = self._db.execute(
-                "SELECT candidate_id, payload FROM items WHERE state=? ORDER BY created_ms, rowid LIMIT ?",
+                "SELECT candidate_id, payload FROM items WHERE state=? ORDER BY score DESC, created_ms, rowid LIMIT ?",
                 (QUEUED, int(limit)),
             ).fetchall()
             if rows:
@@ -137,7 +205,13 @@ class Spool:
         """The server will never accept this item: keep it for audit, never resend it."""
         with self._lock:
             self._db.execute(
-                "UPDATE items SET state=?, detail=?, payload=x'' WHERE candidate_id=?", (DEAD, detail[:500], candidate_id)
+                "UPDATE items SET state=?, detail=?, payload=x'', size=0 WHERE candidate_id=?",
+                (DEAD, detail[:500], candidate_id),
+            )
+            self._db.execute(
+                "DELETE FROM items WHERE state=? AND rowid NOT IN "
+                "(SELECT rowid FROM items WHERE state=? ORDER BY rowid DESC LIMIT ?)",
+                (DEAD, DEAD, self.MAX_DEAD),
             )
 
     def release(self, candidate_ids: list[str]) -> None:
@@ -152,4 +226,11 @@ class Spool:
         with self._lock:
             counts = dict(self._db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
             pending = self._db.execute("SELECT coalesce(sum(size), 0) FROM items WHERE state != ?", (DEAD,)).fetchone()[0]
-        return SpoolStats(counts.get(QUEUED, 0), counts.get(SENDING, 0), counts.get(DEAD, 0), int(pending))
+            evicted = self._db.execute("SELECT value FROM counters WHERE name='evicted'").fetchone()
+        return SpoolStats(counts.get(QUEUED, 0), counts.get(SENDING, 0), counts.get(DEAD, 0), int(pending),
+                          evicted_total=int(evicted[0]) if evicted else 0, cap_bytes=self.cap_bytes)
+
+    def items(self) -> list[tuple[str, str, float]]:
+        """(candidate_id, state, score) of every item, for audits and tests."""
+        with self._lock:
+            return self._db.execute("SELECT candidate_id, state, score FROM items ORDER BY rowid").fetchall()

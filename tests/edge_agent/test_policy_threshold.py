@@ -1,4 +1,4 @@
-"""ThresholdPolicy: hand-computed combined scores, reasons, the capture-time rate cap, exploration.
+"""KeepPolicy in threshold mode: hand-computed combined scores, reasons, the capture-time rate cap, exploration.
 
 Numbers are binary fractions (0.5, 0.25, 0.125, ...) so the boundary cases are exact in float.
 """
@@ -15,7 +15,7 @@ from edge_agent.policy import (
     REASON_RANDOM,
     REASON_UNCERTAINTY,
     PolicyConfig,
-    ThresholdPolicy,
+    KeepPolicy,
 )
 from edge_agent.scoring import FrameScores
 
@@ -24,12 +24,12 @@ def scores(*, lc: float = 0.0, margin: float = 0.0, entropy: float = 0.0, novelt
     return FrameScores(least_confidence=lc, margin=margin, entropy=entropy, novelty=novelty)
 
 
-def lc_policy(**overrides) -> ThresholdPolicy:
+def lc_policy(**overrides) -> KeepPolicy:
     # combined = 0.5 * least_confidence + 2.0 * novelty, threshold 0.5
-    cfg = dict(threshold=0.5, uncertainty_measure="least_confidence", uncertainty_weight=0.5, novelty_weight=2.0,
+    cfg = dict(mode="threshold", threshold=0.5, uncertainty_measure="least_confidence", uncertainty_weight=0.5, novelty_weight=2.0,
                max_per_minute=1000)
     cfg.update(overrides)
-    return ThresholdPolicy(PolicyConfig(**cfg))
+    return KeepPolicy(PolicyConfig(**cfg))
 
 
 # --- threshold and combined score ------------------------------------------------------------
@@ -77,15 +77,15 @@ def test_just_below_threshold_dropped():
 def test_measure_choice_changes_the_uncertainty_term():
     s = scores(lc=0.0, margin=0.0, entropy=0.75, novelty=0.0)
     # entropy policy: 1.0 * 0.75 + 1.0 * 0 = 0.75 >= 0.5 -> kept for uncertainty
-    d = ThresholdPolicy(PolicyConfig(threshold=0.5, uncertainty_measure="entropy")).decide(s, 0)
+    d = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, uncertainty_measure="entropy")).decide(s, 0)
     assert d.keep and d.combined == 0.75 and d.reason == REASON_UNCERTAINTY
     # margin policy on the same frame: 0 + 0 = 0 -> dropped
-    d = ThresholdPolicy(PolicyConfig(threshold=0.5, uncertainty_measure="margin")).decide(s, 0)
+    d = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, uncertainty_measure="margin")).decide(s, 0)
     assert not d.keep and d.combined == 0.0
 
 
 def test_zero_weight_ignores_a_score():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5, uncertainty_weight=0.0, novelty_weight=1.0))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, uncertainty_weight=0.0, novelty_weight=1.0))
     # entropy 1.0 weighs nothing: combined = 0 * 1.0 + 1.0 * 0.25 = 0.25
     d = p.decide(scores(entropy=1.0, novelty=0.25), 0)
     assert d.combined == 0.25 and not d.keep
@@ -95,7 +95,7 @@ def test_zero_weight_ignores_a_score():
 
 
 def test_rate_cap_counts_capture_time():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.0, max_per_minute=60))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.0, max_per_minute=60))
     s = scores(entropy=1.0)
     # 61 frames 100 ms apart (0 .. 6000 ms), all in the same minute: 60 kept, the 61st capped
     decisions = [p.decide(s, capture_time_ms=i * 100) for i in range(61)]
@@ -113,14 +113,14 @@ def test_rate_cap_counts_capture_time():
 
 def test_rate_cap_ignores_wall_clock():
     # an hour of capture time is replayed in microseconds of wall time: only timestamps count
-    p = ThresholdPolicy(PolicyConfig(threshold=0.0, max_per_minute=2))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.0, max_per_minute=2))
     s = scores(entropy=1.0)
     kept = [p.decide(s, capture_time_ms=minute * 60_000 + k * 1000).keep for minute in range(60) for k in range(3)]
     assert kept == [True, True, False] * 60
 
 
 def test_dropped_frames_do_not_take_slots():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5, max_per_minute=1))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, max_per_minute=1))
     # many below-threshold frames first
     for t in range(0, 1000, 10):
         assert p.decide(scores(entropy=0.0), t).reason == DROP_BELOW_THRESHOLD
@@ -130,10 +130,9 @@ def test_dropped_frames_do_not_take_slots():
     assert p.decide(scores(entropy=1.0), 61_000).keep
 
 
-def test_zero_cap_keeps_nothing():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.0, max_per_minute=0))
-    d = p.decide(scores(entropy=1.0), 0)
-    assert not d.keep and d.reason == DROP_RATE_CAP
+def test_zero_cap_means_no_cap():
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.0, max_per_minute=0))
+    assert all(p.decide(scores(entropy=1.0), t).keep for t in range(1000))
 
 
 # --- random exploration ----------------------------------------------------------------------
@@ -141,7 +140,7 @@ def test_zero_cap_keeps_nothing():
 
 def _random_run(seed: int, n: int = 1000, fraction: float = 0.3) -> list[bool]:
     # threshold 10 cannot be reached (combined <= 2), so every keep is exploration
-    p = ThresholdPolicy(PolicyConfig(threshold=10.0, random_fraction=fraction, seed=seed, max_per_minute=100_000))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=10.0, random_fraction=fraction, seed=seed, max_per_minute=100_000))
     out = []
     for i in range(n):
         d = p.decide(scores(entropy=0.5, novelty=0.5), capture_time_ms=i * 1000)
@@ -168,14 +167,14 @@ def test_random_fraction_bounds():
 
 
 def test_random_keeps_obey_the_cap():
-    p = ThresholdPolicy(PolicyConfig(threshold=10.0, random_fraction=1.0, max_per_minute=2))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=10.0, random_fraction=1.0, max_per_minute=2))
     ds = [p.decide(scores(), t) for t in (0, 1, 2)]
     assert [d.keep for d in ds] == [True, True, False]
     assert [d.reason for d in ds] == [REASON_RANDOM, REASON_RANDOM, DROP_RATE_CAP]
 
 
 def test_above_threshold_frames_are_not_labelled_random():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5, random_fraction=1.0))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, random_fraction=1.0))
     assert p.decide(scores(entropy=1.0), 0).reason == REASON_UNCERTAINTY
 
 
@@ -195,7 +194,7 @@ class RepeatProbe:
 
 
 def test_repeat_is_dropped_and_takes_no_slot():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5, max_per_minute=1))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5, max_per_minute=1))
     repeat = RepeatProbe(True)
     d = p.decide(scores(entropy=1.0), 0, repeat)
     assert not d.keep and d.reason == DROP_REPEAT and d.combined == 1.0
@@ -206,7 +205,7 @@ def test_repeat_is_dropped_and_takes_no_slot():
 
 
 def test_repeat_check_only_runs_for_frames_that_would_be_kept():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5))
     probe = RepeatProbe(True)
     d = p.decide(scores(entropy=0.25), 0, probe)  # 0.25 < 0.5
     assert d.reason == DROP_BELOW_THRESHOLD
@@ -216,13 +215,13 @@ def test_repeat_check_only_runs_for_frames_that_would_be_kept():
 
 
 def test_repeat_check_applies_to_random_exploration():
-    p = ThresholdPolicy(PolicyConfig(threshold=10.0, random_fraction=1.0))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=10.0, random_fraction=1.0))
     assert p.decide(scores(), 0, RepeatProbe(True)).reason == DROP_REPEAT
     assert p.decide(scores(), 1, RepeatProbe(False)).reason == REASON_RANDOM
 
 
 def test_no_repeat_hook_means_no_check():
-    p = ThresholdPolicy(PolicyConfig(threshold=0.5))
+    p = KeepPolicy(PolicyConfig(mode="threshold", threshold=0.5))
     assert p.decide(scores(entropy=1.0), 0, None).keep
     assert p.decide(scores(entropy=1.0), 1).keep
 

@@ -36,13 +36,13 @@ def test_put_claim_ack(spool_path):
     s.close()
 
 
-def test_claim_is_fifo_and_limited(spool_path):
+def test_claim_is_highest_value_first_then_fifo_and_limited(spool_path):
     s = Spool(spool_path)
-    for i in range(5):
-        s.put(f"c{i}", payload(i), score=float(i))
-    assert [i.candidate_id for i in s.claim(2)] == ["c0", "c1"]
-    assert [i.candidate_id for i in s.claim(2)] == ["c2", "c3"]
-    assert [i.candidate_id for i in s.claim(2)] == ["c4"]
+    for i, score in enumerate([1.0, 3.0, 1.0, 2.0, 3.0]):
+        s.put(f"c{i}", payload(i), score=score)
+    assert [i.candidate_id for i in s.claim(2)] == ["c1", "c4"]
+    assert [i.candidate_id for i in s.claim(2)] == ["c3", "c0"]
+    assert [i.candidate_id for i in s.claim(2)] == ["c2"]
     assert s.claim(0) == [] and s.claim(-1) == []
     s.close()
 
@@ -107,7 +107,7 @@ def test_write_close_reopen_keeps_every_item(spool_path):
     assert (st.queued, st.sending, st.dead) == (n, 0, 0)
     assert st.pending_bytes == sum(len(payload(i)) for i in range(n))
     items = s.claim(n + 10)
-    assert [(i.candidate_id, i.payload) for i in items] == [(f"id-{i:03d}", payload(i)) for i in range(n)]
+    assert [(i.candidate_id, i.payload) for i in items] == [(f"id-{i:03d}", payload(i)) for i in reversed(range(n))]
     s.close()
 
 
@@ -205,3 +205,61 @@ def test_synchronous_normal_also_persists(spool_path):
     s = Spool(spool_path)
     assert [i.candidate_id for i in s.claim(5)] == ["a"]
     s.close()
+
+
+# --- disk cap ------------------------------------------------------------------------------
+
+
+def test_cap_evicts_lowest_value_queued_items_first(spool_path):
+    s = Spool(spool_path, cap_bytes=1000)
+    for i, score in enumerate([0.5, 0.1, 0.9, 0.3]):
+        assert s.put(f"c{i}", b"x" * 250, score).stored
+    r = s.put("high", b"y" * 400, 0.8)  # needs 400 bytes: evicts 0.1 and 0.3
+    assert r.stored and r.evicted == 2
+    assert sorted(cid for cid, _, _ in s.items()) == ["c0", "c2", "high"]
+    st = s.stats()
+    assert st.pending_bytes == 900 and st.evicted_total == 2 and st.cap_bytes == 1000
+
+
+def test_cap_drops_the_newcomer_when_it_is_worth_least_and_keeps_progress(spool_path):
+    s = Spool(spool_path, cap_bytes=500)
+    s.put("a", b"x" * 250, 0.5)
+    s.put("b", b"x" * 250, 0.6)
+    r = s.put("low", b"x" * 100, 0.2, progress=("cam.mp4", 41))
+    assert not r.stored and r.evicted == 1
+    assert s.progress() == {"cam.mp4": 41}
+    assert not s.put("huge", b"x" * 501, 9.0).stored  # larger than the whole cap
+    assert s.stats().evicted_total == 2
+    s.close()
+    assert Spool(spool_path, cap_bytes=500).stats().evicted_total == 2  # the counter persists
+
+
+def test_cap_never_evicts_items_in_flight(spool_path):
+    s = Spool(spool_path, cap_bytes=500)
+    s.put("sending", b"x" * 400, 0.1)
+    assert [i.candidate_id for i in s.claim(1)] == ["sending"]
+    assert not s.put("new", b"x" * 200, 0.9).stored
+    assert s.stats().sending == 1
+
+
+def test_long_offline_keeps_the_best_under_the_cap(spool_path):
+    import random
+
+    rng = random.Random(3)
+    s = Spool(spool_path, cap_bytes=20_000, synchronous="NORMAL")
+    scores = {}
+    for i in range(400):
+        score = rng.random()
+        scores[f"c{i}"] = score
+        s.put(f"c{i}", rng.randbytes(rng.randint(300, 700)), score)
+        assert s.stats().pending_bytes <= 20_000
+    kept = {cid for cid, _, _ in s.items()}
+    assert min(scores[c] for c in kept) >= sorted(scores.values())[-len(kept) - 5]  # the top set, up to packing
+    assert s.path.stat().st_size < 20_000 * 3 + 64 * 1024
+    drained = [item.candidate_id for item in s.claim(1000)]
+    assert [scores[c] for c in drained] == sorted((scores[c] for c in drained), reverse=True)
+
+
+def test_negative_cap_is_an_error(spool_path):
+    with pytest.raises(ValueError, match="cap_bytes"):
+        Spool(spool_path, cap_bytes=-1)
