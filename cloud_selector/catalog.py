@@ -95,6 +95,15 @@ devices = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
 )
 
+# Device credentials: only the sha256 of each token is kept (see cloud_selector/auth.py).
+device_credentials = sa.Table(
+    "device_credentials", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("revoked_ms", sa.BigInteger),
+)
+
 installs = sa.Table(
     "installs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -146,6 +155,26 @@ class CandidateRow:
 
 class UnknownCandidates(KeyError):
     """Some candidate ids are not in the catalog."""
+
+
+@dataclass(frozen=True)
+class DeviceCredential:
+    id: str
+    token_sha256: str
+    created_ms: int
+    revoked_ms: int | None  # None while the device may connect
+
+
+class DeviceCredentialError(ValueError):
+    """Enrolling or revoking a device failed (the tree is drawn in cloud_selector/auth.py)."""
+
+
+class DeviceExists(DeviceCredentialError):
+    """A device with this id is already enrolled (revoked ones too: ids are never reused)."""
+
+
+class UnknownDevice(DeviceCredentialError, LookupError):
+    """No device with this id was ever enrolled."""
 
 
 class Catalog:
@@ -281,6 +310,41 @@ class Catalog:
         with self.engine.begin() as conn:
             conn.execute(installs.insert().values(device_id=device_id, version=version, status=status, detail=detail,
                                                   smoke_latency_ms=smoke_latency_ms, at_ms=now_ms()))
+
+
+    # -------------------------------------------------------------- device credentials
+
+    def add_device_credential(self, device_id: str, token_sha256: str) -> DeviceCredential:
+        """Store a new device's token hash; raises DeviceExists if the id was ever enrolled."""
+        record = DeviceCredential(device_id, token_sha256, now_ms(), None)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(device_credentials.insert().values(
+                    id=record.id, token_sha256=record.token_sha256, created_ms=record.created_ms, revoked_ms=None))
+        except IntegrityError:
+            raise DeviceExists(f"device {device_id!r} already exists (ids are never reused)") from None
+        return record
+
+    def device_credential(self, device_id: str) -> DeviceCredential | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(device_credentials).where(device_credentials.c.id == device_id)).first()
+        return DeviceCredential(**row._asdict()) if row else None
+
+    def device_credentials(self) -> list[DeviceCredential]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(device_credentials).order_by(device_credentials.c.id))
+            return [DeviceCredential(**r._asdict()) for r in rows]
+
+    def revoke_device_credential(self, device_id: str) -> DeviceCredential:
+        """Mark revoked now (the first revocation time stays); raises UnknownDevice."""
+        with self.engine.begin() as conn:
+            conn.execute(device_credentials.update()
+                         .where(device_credentials.c.id == device_id, device_credentials.c.revoked_ms.is_(None))
+                         .values(revoked_ms=now_ms()))
+            row = conn.execute(sa.select(device_credentials).where(device_credentials.c.id == device_id)).first()
+        if row is None:
+            raise UnknownDevice(f"no device {device_id!r} (see `cloud-selector devices list`)")
+        return DeviceCredential(**row._asdict())
 
 
 def _model_dict(row) -> dict:

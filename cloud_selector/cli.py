@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_agent.bundle import BundleError, InputSpec
@@ -41,10 +42,27 @@ def open_services(data_dir: Path) -> Services:
 
 
 def cmd_serve(args, s: Services) -> int:
-    from cloud_selector.server import create_server
+    from cloud_selector.auth import AllowUnauthenticated, DeviceAuthenticator
+    from cloud_selector.ingest import RateLimit
+    from cloud_selector.server import ServerTls, TlsConfigError, create_server
 
-    running = create_server(args.grpc_address, catalog=s.catalog, blobs=s.blobs, max_workers=args.max_workers,
-                            max_message_bytes=int(args.max_message_mb * 1024 * 1024), watch_poll_s=args.watch_poll)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        print("cloud-selector: error: --tls-cert and --tls-key go together (and --tls-client-ca needs both)",
+              file=sys.stderr)
+        return 2
+    if args.rate_limit < 0 or args.rate_burst < 1:
+        print("cloud-selector: error: --rate-limit must be >= 0 and --rate-burst >= 1", file=sys.stderr)
+        return 2
+    try:
+        tls = ServerTls.from_files(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    except TlsConfigError as exc:
+        print(f"cloud-selector: error: {exc}", file=sys.stderr)
+        return 2
+    auth = AllowUnauthenticated() if args.allow_unauthenticated else DeviceAuthenticator(s.catalog)
+    running = create_server(args.grpc_address, catalog=s.catalog, blobs=s.blobs, auth=auth, tls=tls,
+                            max_workers=args.max_workers, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+                            watch_poll_s=args.watch_poll,
+                            rate_limit=RateLimit(per_s=args.rate_limit, burst=args.rate_burst))
     host = args.grpc_address.rsplit(":", 1)[0]
     print(f"cloud-selector: gRPC listening on {host}:{running.port}", flush=True)
     if args.port_file:
@@ -56,6 +74,39 @@ def cmd_serve(args, s: Services) -> int:
     running.stop(grace_s=3.0)
     log.info("stopped")
     return 0
+
+
+def cmd_devices(args, s: Services) -> int:
+    from cloud_selector.auth import DeviceCredentialError, enroll_device, revoke_device
+
+    try:
+        if args.action == "add":
+            device = enroll_device(s.catalog, args.device_id)
+            print(f"device: {device.device_id}")
+            print(f"token:  {device.token}")
+            print("The token is shown only this once (the catalog keeps its hash). Put it in the agent's config:")
+            print()
+            print("[device]")
+            print(f'id = "{device.device_id}"')
+            print(f'token = "{device.token}"')
+            return 0
+        if args.action == "revoke":
+            record = revoke_device(s.catalog, args.device_id)
+            print(f"revoked {record.id} at {_utc(record.revoked_ms)}")
+            return 0
+    except DeviceCredentialError as exc:
+        print(f"cloud-selector: error: {exc}", file=sys.stderr)
+        return 2
+    last_seen = {d["id"]: d["last_seen_ms"] for d in s.catalog.devices()}
+    print("id\tcreated\trevoked\tlast_seen")
+    for c in s.catalog.device_credentials():
+        print(f"{c.id}\t{_utc(c.created_ms)}\t{_utc(c.revoked_ms) if c.revoked_ms else '-'}\t"
+              f"{_utc(last_seen[c.id]) if c.id in last_seen else '-'}")
+    return 0
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_select(args, s: Services) -> int:
@@ -147,7 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker threads; each device holds two streams open (default 64)")
     p.add_argument("--watch-poll", type=float, default=1.0, help="seconds between checks for new models (default 1)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file (useful with port 0)")
+    p.add_argument("--tls-cert", help="PEM certificate chain of the server; with --tls-key serves TLS "
+                                      "(default: plaintext, e.g. on loopback or behind a TLS proxy)")
+    p.add_argument("--tls-key", help="PEM private key of the server")
+    p.add_argument("--tls-client-ca", help="PEM CA that signs device certificates: requires mutual TLS")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="DEVELOPMENT ONLY: accept calls without a device token (by default every call needs "
+                        "the token from `cloud-selector devices add`)")
+    p.add_argument("--rate-limit", type=float, default=50.0, metavar="PER_S",
+                   help="candidates per second per device; over it the upload stream ends with RESOURCE_EXHAUSTED "
+                        "and the device retries later (default 50, 0 = no limit)")
+    p.add_argument("--rate-burst", type=int, default=200, metavar="N",
+                   help="candidates a device may send at once above the rate (default 200)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("devices", help="enrol, list or revoke devices and their tokens",
+                       description="add NAME: issue a device and its secret token (shown once); list: every device "
+                                   "with created, revoked and last-seen times; revoke ID: refuse the device's calls "
+                                   "from now on.")
+    devices_sub = p.add_subparsers(dest="action", required=True)
+    d = devices_sub.add_parser("add", help="issue a device id and token (prints the agent config lines)")
+    d.add_argument("device_id", metavar="NAME", help="the device id: 1-64 characters of A-Z a-z 0-9 . _ -")
+    devices_sub.add_parser("list", help="id, created, revoked, last seen (UTC)")
+    d = devices_sub.add_parser("revoke", help="refuse this device's calls from now on")
+    d.add_argument("device_id", metavar="ID")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("select", help="run one selection round over the pool",
                        description="Drop near-duplicates of anything already pooled, selected or labeled, then pick "

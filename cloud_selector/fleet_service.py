@@ -3,6 +3,9 @@
 Watch streams poll the catalog for the newest published version (another process, such as
 `cloud-selector train`, may publish), and send an assignment whenever it is newer than what
 the device reported or last received.
+
+Every RPC first authenticates the caller from metadata (see cloud_selector/auth.py) and refuses
+a request that names another device (PERMISSION_DENIED) before anything is read or written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 
 import grpc
 
+from cloud_selector.auth import AllowUnauthenticated, Authenticator, check_claim
 from cloud_selector.blobstore import BlobError, BlobStore
 from cloud_selector.catalog import Catalog, now_ms
 from cloud_selector.registry import bundle_key
@@ -38,16 +42,21 @@ def assignment_for(record: dict) -> pb.ModelAssignment:
 
 class ModelsService(pb_grpc.ModelsServicer):
     def __init__(self, catalog: Catalog, blobs: BlobStore, *, stop: threading.Event, poll_interval_s: float = 1.0,
-                 max_chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+                 max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, auth: Authenticator | None = None):
         self.catalog = catalog
         self.blobs = blobs
+        self.auth = auth or AllowUnauthenticated()
         self._stop = stop
         self.poll_interval_s = poll_interval_s
         self.max_chunk_bytes = max_chunk_bytes
 
     def Watch(self, request, context):
+        device_id = self.auth.authenticate(context)
+        check_claim(context, device_id, request.device_id, "watch request")
         sent = request.current_version
         while context.is_active() and not self._stop.is_set():
+            if not self.auth.still_valid(device_id):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device {device_id} was revoked")
             latest = self.catalog.latest_model()
             if latest is not None and latest["version"] > sent:
                 yield assignment_for(latest)
@@ -55,6 +64,8 @@ class ModelsService(pb_grpc.ModelsServicer):
             self._stop.wait(self.poll_interval_s)
 
     def Fetch(self, request, context):
+        device_id = self.auth.authenticate(context)
+        check_claim(context, device_id, request.device_id, "fetch request")
         record = self.catalog.model(request.version)
         files = {f["path"]: f for f in record["files"]} if record else {}
         if request.path not in files:
@@ -76,6 +87,8 @@ class ModelsService(pb_grpc.ModelsServicer):
             context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
 
     def ReportInstall(self, request, context):
+        device_id = self.auth.authenticate(context)
+        check_claim(context, device_id, request.device_id, "install report")
         status = _INSTALL_STATUS.get(request.status, "unspecified")
         self.catalog.record_install(device_id=request.device_id[:128], version=request.version, status=status,
                                     detail=request.detail[:2000], smoke_latency_ms=request.smoke_latency_ms)
@@ -84,10 +97,13 @@ class ModelsService(pb_grpc.ModelsServicer):
 
 
 class FleetService(pb_grpc.FleetServicer):
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, *, auth: Authenticator | None = None):
         self.catalog = catalog
+        self.auth = auth or AllowUnauthenticated()
 
     def Heartbeat(self, request, context):
+        device_id = self.auth.authenticate(context)
+        check_claim(context, device_id, request.device_id, "heartbeat")
         if not request.device_id or len(request.device_id) > 128:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is empty or too long")
         self.catalog.record_heartbeat({

@@ -1,6 +1,6 @@
 """The per-frame loop: score every frame, keep the informative ones in the outbox.
 
-    frame -> slot.model (ORT) -> scores -> policy -> spool (with source progress)
+    frame -> slot.model (ORT) -> scores -> policy (budget, repeats) -> spool (with source progress)
 
 The loop never waits on the network: the uploader, the model updater and the heartbeat run in
 their own threads and meet the loop only through the spool, the model slot and the counters.
@@ -12,20 +12,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import cv2
 import grpc
+import numpy as np
 
 from edge_agent import __version__
 from edge_agent.appearance import RecentFrames
-from edge_agent.policy import Decision, ThresholdPolicy
+from edge_agent.metrics import AgentSnapshot, LatencyWindow
+from edge_agent.policy import Decision, KeepPolicy
 from edge_agent.scoring import FrameScores, score_frame
-from edge_agent.sources import FILE_DONE, Frame
+from edge_agent.sources import FILE_DONE, Frame, FrameSource
 from edge_agent.spool import Spool
 from edge_agent.updater import ModelSlot
+from edge_agent.uploader import Uploader
 from protos import flywheel_pb2 as pb
 from protos import flywheel_pb2_grpc as pb_grpc
 
@@ -41,15 +42,12 @@ _REASON_TO_PB = {
 _PROGRESS_EVERY = 50
 
 
-class FrameSource(Protocol):
-    def frames(self, stop: threading.Event, resume: dict[str, int] | None = None) -> Iterator[Frame]: ...
-
-
 @dataclass
 class AgentStats:
     frames_seen: int = 0
     frames_kept: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)  # reason -> frames kept for it
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> frames not kept for it
     started: float = field(default_factory=time.monotonic)
     source_finished: bool = False
 
@@ -59,51 +57,82 @@ class AgentStats:
 
 
 class Agent:
-    def __init__(self, *, device_id: str, source: FrameSource, slot: ModelSlot, policy: ThresholdPolicy, spool: Spool,
-                 jpeg_quality: int = 90, recent: RecentFrames | None = None):
+    def __init__(self, *, device_id: str, source: FrameSource, slot: ModelSlot, policy: KeepPolicy, spool: Spool,
+                 jpeg_quality: int = 90, max_side: int = 0, recent: RecentFrames | None = None,
+                 latency: LatencyWindow | None = None):
         self.device_id = device_id
         self.source = source
         self.slot = slot
         self.policy = policy
         self.spool = spool
         self.jpeg_quality = jpeg_quality
+        self.max_side = max_side
         self.recent = recent
+        self.latency = latency or LatencyWindow()
         self.stats = AgentStats()
+        self._manual = threading.Event()
+
+    def request_manual(self) -> None:
+        """Keep the next frame whatever its scores (reason "manual"); safe from a signal handler."""
+        self._manual.set()
 
     def run(self, stop: threading.Event) -> None:
         """Process frames until the source ends or `stop` is set."""
-        for frame in self.source.frames(stop, self.spool.progress()):
+        resume = None if getattr(self.source, "live", False) else self.spool.progress()
+        for frame in self.source.frames(stop, resume):
+            if frame.progress_only:  # pacing skipped the last frame of a file: only mark the file done
+                self.spool.record_progress(frame.source, FILE_DONE)
+                continue
             self.process(frame)
         self.stats.source_finished = not stop.is_set()
 
     def process(self, frame: Frame) -> Decision:
         model = self.slot.model  # one model for the whole frame, even if a swap happens meanwhile
+        started = time.perf_counter()
         result = model.infer([frame.image])
+        self.latency.record((time.perf_counter() - started) * 1000.0)
         probs, embedding = result.probs[0], result.embeddings[0]
         scores = score_frame(probs, embedding, model.bank)
-        is_repeat = (lambda: self.recent.is_repeat(frame.image)) if self.recent is not None else None
-        decision = self.policy.decide(scores, frame.capture_time_ms, is_repeat)
+        is_repeat = (lambda: self.recent.is_repeat(frame.image, embedding)) if self.recent is not None else None
+        manual = self._manual.is_set()
+        self._manual.clear()
+        decision = self.policy.decide(scores, frame.capture_time_ms, is_repeat, manual=manual)
         self.stats.frames_seen += 1
-        progress = FILE_DONE if frame.last_in_file else frame.index
+        live = getattr(self.source, "live", False)
+        progress = None if live else (frame.source, FILE_DONE if frame.last_in_file else frame.index)
         if decision.keep:
             if self.recent is not None:
                 self.recent.remember()
             candidate = self._candidate(frame, model.version, probs, embedding, scores, decision)
-            self.spool.put(candidate.candidate_id, candidate.SerializeToString(), decision.combined,
-                           progress=(frame.source, progress))
+            self.policy.record_bytes(frame.capture_time_ms, len(candidate.jpeg))
+            self.spool.put(candidate.candidate_id, candidate.SerializeToString(), decision.combined, progress=progress)
             self.stats.frames_kept += 1
+            self.stats.kept[decision.reason] = self.stats.kept.get(decision.reason, 0) + 1
         else:
             self.stats.dropped[decision.reason] = self.stats.dropped.get(decision.reason, 0) + 1
-            if frame.last_in_file or frame.index % _PROGRESS_EVERY == 0:
-                self.spool.record_progress(frame.source, progress)
+            if progress is not None and (frame.last_in_file or frame.index % _PROGRESS_EVERY == 0):
+                self.spool.record_progress(*progress)
         return decision
+
+    def _encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The upload image (downscaled to max_side) and its JPEG bytes."""
+        height, width = image.shape[:2]
+        if self.max_side and max(height, width) > self.max_side:
+            scale = self.max_side / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return image, jpeg
 
     def _candidate(self, frame: Frame, model_version: int, probs, embedding, scores: FrameScores,
                    decision: Decision) -> pb.Candidate:
-        ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        height, width = frame.image.shape[:2]
+        image, jpeg = self._encode(frame.image)
+        height, width = image.shape[:2]
+        metadata = {"source": frame.source, "frame_index": str(frame.index), "threshold": f"{decision.threshold:.6g}"}
+        if frame.source_name:
+            metadata["source_name"] = frame.source_name
         return pb.Candidate(
             candidate_id=str(uuid.uuid4()),
             device_id=self.device_id,
@@ -115,19 +144,34 @@ class Agent:
             embedding=embedding.tolist(),
             probabilities=probs.tolist(),
             scores=pb.Scores(least_confidence=scores.least_confidence, margin=scores.margin, entropy=scores.entropy,
-                             novelty=scores.novelty, combined=decision.combined),
+                             novelty=scores.novelty, combined=decision.combined,
+                             novelty_distance=scores.novelty_distance),
             reason=_REASON_TO_PB[decision.reason],
-            metadata={"source": frame.source, "frame_index": str(frame.index)},
+            metadata=metadata,
         )
+
+
+def snapshot(agent: Agent, uploader: Uploader | None) -> AgentSnapshot:
+    """The agent's counters now, for heartbeats and the metrics endpoint."""
+    stats, spool = agent.stats, agent.spool.stats()
+    return AgentSnapshot(
+        agent_version=__version__, model_version=agent.slot.version, frames_seen=stats.frames_seen,
+        frames_kept=stats.frames_kept, dropped=dict(stats.dropped),
+        candidates_acked=uploader.acked if uploader else 0, spool_queued=spool.queued, spool_sending=spool.sending,
+        spool_dead=spool.dead, spool_pending_bytes=spool.pending_bytes,
+        latency_p50_ms=agent.latency.percentile(50), latency_p99_ms=agent.latency.percentile(99),
+        candidates_evicted=spool.evicted_total, bytes_uploaded=uploader.bytes_acked if uploader else 0,
+        spool_cap_bytes=spool.cap_bytes, source_finished=stats.source_finished,
+    )
 
 
 class Heartbeat:
     """Report counters to the cloud every `interval_s` (and once more at stop)."""
 
-    def __init__(self, channel: grpc.Channel, agent: Agent, uploaded: Callable[[], int], interval_s: float = 5.0):
+    def __init__(self, channel: grpc.Channel, agent: Agent, uploader: Uploader | None, interval_s: float = 5.0):
         self._stub = pb_grpc.FleetStub(channel)
         self._agent = agent
-        self._uploaded = uploaded
+        self._uploader = uploader
         self.interval_s = interval_s
 
     def run(self, stop: threading.Event) -> None:
@@ -135,22 +179,32 @@ class Heartbeat:
             self.beat()
 
     def beat(self) -> None:
-        stats, spool = self._agent.stats, self._agent.spool.stats()
+        s = snapshot(self._agent, self._uploader)
         request = pb.HeartbeatRequest(
             device_id=self._agent.device_id,
-            model_version=self._agent.slot.version,
-            frames_seen=stats.frames_seen,
-            frames_kept=stats.frames_kept,
-            candidates_acked=self._uploaded(),
-            spool_depth=spool.depth,
-            spool_bytes=spool.pending_bytes,
-            fps=stats.fps(),
-            agent_version=__version__,
+            model_version=s.model_version,
+            frames_seen=s.frames_seen,
+            frames_kept=s.frames_kept,
+            candidates_acked=s.candidates_acked,
+            spool_depth=s.spool_queued + s.spool_sending,
+            spool_bytes=s.spool_pending_bytes,
+            fps=self._agent.stats.fps(),
+            agent_version=s.agent_version,
             device_time_ms=int(time.time() * 1000),
-            status={"source_finished": str(stats.source_finished).lower(),
-                    **{f"dropped_{k}": str(v) for k, v in stats.dropped.items()}},
+            status={"source_finished": str(s.source_finished).lower(),
+                    **{f"dropped_{k}": str(v) for k, v in s.dropped.items()},
+                    **{f"kept_{k}": str(v) for k, v in self._agent.stats.kept.items()}},
+            inference_p50_ms=s.latency_p50_ms,
+            inference_p99_ms=s.latency_p99_ms,
+            candidates_evicted=s.candidates_evicted,
+            candidates_rejected=self._uploader.rejected if self._uploader else 0,
+            bytes_uploaded=s.bytes_uploaded,
+            spool_cap_bytes=s.spool_cap_bytes,
         )
         try:
-            self._stub.Heartbeat(request, timeout=5)
+            response = self._stub.Heartbeat(request, timeout=5)
         except grpc.RpcError as exc:
             log.info("heartbeat failed: %s", exc.code() if hasattr(exc, "code") else exc)
+            return
+        if response.interval_s:
+            self.interval_s = float(response.interval_s)

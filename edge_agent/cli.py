@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -13,15 +14,18 @@ from pathlib import Path
 import grpc
 
 from edge_agent import __version__
-from edge_agent.agent import Agent, Heartbeat
+from edge_agent import doctor as doctor_checks
+from edge_agent.agent import Agent, Heartbeat, snapshot
 from edge_agent.appearance import RecentFrames
 from edge_agent.bundle import BundleError
-from edge_agent.config import AgentConfig, ConfigError, load_config, template
-from edge_agent.policy import ThresholdPolicy
-from edge_agent.runtime import LoadedModel
-from edge_agent.sources import ImageFolderSource, SourceError, VideoFileSource
+from edge_agent.config import AgentConfig, ConfigError, load_config, reference_markdown, template
+from edge_agent.logs import setup_logging
+from edge_agent.metrics import MetricsServer, agent_samples
+from edge_agent.policy import KeepPolicy
+from edge_agent.runtime import LoadedModel, ProviderSettings
+from edge_agent.sources import SourceError, SourceSpec, open_source
 from edge_agent.spool import Spool
-from edge_agent.transport import open_channel
+from edge_agent.transport import ClientTls, DeviceCredentials, TransportConfigError, open_channel
 from edge_agent.updater import ModelSlot, ModelUpdater, installed_bundle
 from edge_agent.uploader import Uploader
 from protos import flywheel_pb2 as pb
@@ -30,17 +34,44 @@ from protos import flywheel_pb2_grpc as pb_grpc
 log = logging.getLogger("edge_agent")
 
 
+def provider_settings(config: AgentConfig) -> ProviderSettings:
+    m = config.model
+    return ProviderSettings(providers=tuple(m.providers), cuda_device_id=m.cuda_device_id,
+                            trt_engine_cache_dir=m.trt_engine_cache_dir, trt_fp16=m.trt_fp16,
+                            intra_op_threads=m.intra_op_threads, warmup_runs=m.warmup_runs)
+
+
+def source_spec(config: AgentConfig) -> SourceSpec:
+    return SourceSpec(**dataclasses.asdict(config.source))
+
+
+def credentials(config: AgentConfig) -> DeviceCredentials | None:
+    """The device's identity for every call; None when no token is configured (a development
+    server started with --allow-unauthenticated)."""
+    if config.device.token:
+        return DeviceCredentials(config.device.id, config.device.token)
+    if config.device.token_file:
+        return DeviceCredentials.from_token_file(config.device.id, config.device.token_file)
+    return None
+
+
+def cloud_channel(config: AgentConfig) -> grpc.Channel:
+    c = config.cloud
+    tls = ClientTls(ca_file=c.tls_ca_file, cert_file=c.tls_cert_file, key_file=c.tls_key_file,
+                    server_name=c.tls_server_name) if c.tls_ca_file else None
+    return open_channel(c.address, credentials=credentials(config), tls=tls,
+                        max_message_bytes=int(c.max_message_mb * 1024 * 1024))
+
+
 def _load_initial_model(config: AgentConfig, models_dir: Path) -> LoadedModel:
     """The newer of the configured bundle and the last installed one."""
-    def load(path: Path) -> LoadedModel:
-        return LoadedModel(path, providers=config.model.providers, intra_op_threads=config.model.intra_op_threads)
-
-    configured = load(Path(config.model.bundle_dir))
+    settings = provider_settings(config)
+    configured = LoadedModel(Path(config.model.bundle_dir), settings=settings)
     installed_dir = installed_bundle(models_dir)
     if installed_dir is None:
         return configured
     try:
-        installed = load(installed_dir)
+        installed = LoadedModel(installed_dir, settings=settings)
     except BundleError as exc:
         log.warning("installed bundle %s is unusable (%s); using %s", installed_dir, exc, config.model.bundle_dir)
         return configured
@@ -52,30 +83,37 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     models_dir = state_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     slot = ModelSlot(_load_initial_model(config, models_dir))
-    log.info("device %s running model %s v%d", config.device.id, slot.model.manifest.name, slot.version)
-    if config.source.type == "video":
-        source = VideoFileSource(Path(config.source.path), follow=config.source.follow,
-                                 poll_interval_s=config.source.poll_interval_s)
-    else:
-        source = ImageFolderSource(Path(config.source.path))
-    policy = ThresholdPolicy(config.policy_config())
-    recent = RecentFrames(capacity=config.policy.repeat_memory, threshold=config.policy.repeat_distance)
-    spool = Spool(state_dir / "spool.sqlite", synchronous=config.spool.synchronous)
-    channel = open_channel(config.cloud.address, max_message_bytes=int(config.cloud.max_message_mb * 1024 * 1024))
-    agent = Agent(device_id=config.device.id, source=source, slot=slot, policy=policy, spool=spool,
-                  jpeg_quality=config.upload.jpeg_quality, recent=recent)
-    uploader = Uploader(channel, spool, window=config.upload.window)
-    heartbeat = Heartbeat(channel, agent, lambda: uploader.acked, interval_s=config.cloud.heartbeat_interval_s)
+    log.info("device %s running model %s v%d on %s", config.device.id, slot.model.manifest.name, slot.version,
+             ", ".join(slot.model.providers))
+    source = open_source(source_spec(config))
+    p = config.policy
+    recent = RecentFrames(capacity=p.repeat_memory, threshold=p.repeat_distance,
+                          embedding_threshold=p.repeat_embedding_distance)
+    spool = Spool(state_dir / "spool.sqlite", synchronous=config.spool.synchronous,
+                  cap_bytes=int(config.spool.cap_mb * 1024 * 1024))
+    channel = cloud_channel(config)
+    agent = Agent(device_id=config.device.id, source=source, slot=slot, policy=KeepPolicy(config.policy_config()),
+                  spool=spool, jpeg_quality=config.upload.jpeg_quality, max_side=config.upload.max_side,
+                  recent=recent if recent.enabled else None)
+    uploader = Uploader(channel, spool, window=config.upload.window, ack_timeout_s=config.upload.ack_timeout_s)
+    heartbeat = Heartbeat(channel, agent, uploader, interval_s=config.cloud.heartbeat_interval_s)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # `systemctl kill -s USR1 edge-agent` keeps the next frame (reason "manual").
+    signal.signal(signal.SIGUSR1, lambda *_: agent.request_manual())
+    metrics = None
+    if config.metrics.port:
+        metrics = MetricsServer(config.metrics.address, config.metrics.port,
+                                lambda: agent_samples(snapshot(agent, uploader)))
+        metrics.start()
+        log.info("metrics on http://%s:%d/metrics", config.metrics.address, metrics.port)
     workers = [threading.Thread(target=uploader.run, args=(stop,), name="uploader", daemon=True),
                threading.Thread(target=heartbeat.run, args=(stop,), name="heartbeat", daemon=True)]
     if config.cloud.watch_models:
         updater = ModelUpdater(channel, device_id=config.device.id, models_dir=models_dir, slot=slot,
-                               load_model=lambda p: LoadedModel(p, providers=config.model.providers,
-                                                                intra_op_threads=config.model.intra_op_threads),
+                               load_model=lambda path: LoadedModel(path, settings=provider_settings(config)),
                                release_channel=config.cloud.release_channel)
         workers.append(threading.Thread(target=updater.run, args=(stop,), name="updater", daemon=True))
     for worker in workers:
@@ -91,25 +129,45 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
         for worker in workers:
             worker.join(timeout=5)
         channel.close()
-        left = spool.stats().depth
+        if metrics is not None:
+            metrics.stop()
+        stats = spool.stats()
         spool.close()
-    log.info("stopped: %d frames seen, %d kept, %d acked, %d still spooled",
-             agent.stats.frames_seen, agent.stats.frames_kept, uploader.acked, left)
+    log.info("stopped: %d frames seen, %d kept, %d acked, %d still spooled, %d evicted",
+             agent.stats.frames_seen, agent.stats.frames_kept, uploader.acked, stats.depth, stats.evicted_total)
     return 0
 
 
-def check(config: AgentConfig) -> int:
-    """Load the model and reach the cloud once; one line per problem."""
-    LoadedModel(Path(config.model.bundle_dir), providers=config.model.providers)
-    channel = open_channel(config.cloud.address)
+def doctor(config: AgentConfig) -> int:
+    """Check model, source, server, credentials, clock and disk; print what is wrong in plain words."""
+    results = [doctor_checks.check_model(Path(config.model.bundle_dir), list(config.model.providers),
+                                         settings=provider_settings(config))]
+
+    def read_one_frame() -> tuple[int, int]:
+        stop = threading.Event()
+        for frame in open_source(source_spec(config)).frames(stop, None):
+            stop.set()
+            return frame.image.shape[1], frame.image.shape[0]
+        raise SourceError("the source opened but gave no frame")
+
+    results.append(doctor_checks.check_source(read_one_frame))
     try:
-        pb_grpc.FleetStub(channel).Heartbeat(pb.HeartbeatRequest(device_id=config.device.id), timeout=5)
-    except grpc.RpcError as exc:
-        raise ConnectionError(f"cannot reach the cloud at {config.cloud.address}: {exc.code().name}") from exc
-    finally:
-        channel.close()
-    print(f"ok: model loads, cloud at {config.cloud.address} answers")
-    return 0
+        channel = cloud_channel(config)
+    except TransportConfigError as exc:
+        results.append(doctor_checks.CheckResult("server", False, str(exc), "fix the [cloud] tls_* or [device] token keys"))
+        server_time = None
+    else:
+        with channel:
+            server, creds, server_time = doctor_checks.check_cloud(channel, config.device.id)
+        results += [server, creds]
+        if credentials(config) is None:
+            results.append(doctor_checks.CheckResult(
+                "token", False, "no device.token or device.token_file is set",
+                "enroll with `cloud-selector devices add NAME` and put the token in the config"))
+    results.append(doctor_checks.check_clock(server_time, int(time.time() * 1000)))
+    results.append(doctor_checks.check_disk(Path(config.device.state_dir), int(config.spool.cap_mb * 1024 * 1024)))
+    print(doctor_checks.render_report(results))
+    return doctor_checks.exit_code(results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "outbox, upload them to cloud-selector over gRPC, and hot-swap verified model bundles.",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default: the config's log.level, INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run the agent until the source ends (or forever with source.follow)",
                            description="Run the agent. SIGTERM/Ctrl-C stop it cleanly; unsent frames stay in the "
@@ -127,30 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--config", required=True, type=Path, help="agent TOML file (see `edge-agent config template`)")
     p_run.add_argument("--drain-timeout", type=float, default=30.0,
                        help="when the source ends, wait up to this many seconds for the outbox to empty (default 30)")
-    p_check = sub.add_parser("check", help="validate the config, load the model and reach the cloud once",
-                             description="Validate the config file (unknown keys, types, env overrides), load and "
-                                         "smoke-run the model bundle, and send one heartbeat to the cloud. Exits 0 "
-                                         "when all three work, 2 with a one-line reason otherwise.")
-    p_check.add_argument("--config", required=True, type=Path, help="agent TOML file")
+    p_doctor = sub.add_parser("doctor", help="check model, camera, server, credentials, clock and disk",
+                              description="Validate the config file, then check in turn: the model bundle loads and "
+                                          "runs (and on which execution providers), the source gives a frame, the "
+                                          "cloud answers, it accepts this device's credentials, the clock agrees "
+                                          "with the cloud's, and the state directory is writable with room for the "
+                                          "spool cap. Prints one line per check with what to do about failures; "
+                                          "exits 0 when all pass, 1 when any fails, 2 for an unusable config.")
+    p_doctor.add_argument("--config", required=True, type=Path, help="agent TOML file")
     p_cfg = sub.add_parser("config", help="print a documented config file with every key at its default",
                            description="Print a TOML file listing every configuration key with its documentation "
                                        "and default; start your agent.toml from it.")
-    p_cfg.add_argument("action", choices=["template"], help="template: print the documented TOML")
+    p_cfg.add_argument("action", choices=["template", "reference"],
+                       help="template: the documented TOML; reference: the same keys as a Markdown table")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "config":
-            print(template())
+            print(template() if args.action == "template" else reference_markdown())
             return 0
         config = load_config(args.config)
-        if args.command == "check":
-            return check(config)
+        setup_logging(args.log_level or config.log.level.upper(), config.log.format)
+        if args.command == "doctor":
+            return doctor(config)
         return run(config, drain_timeout_s=args.drain_timeout)
-    except (ConfigError, BundleError, SourceError, ConnectionError) as exc:
+    except (ConfigError, BundleError, SourceError, TransportConfigError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2
 

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 from edge_agent.policy import PolicyConfig
+from edge_agent.sources import SOURCE_TYPES
 
 ENV_PREFIX = "EDGE_AGENT"
 
@@ -33,16 +36,28 @@ def _doc(text: str, default: Any) -> Any:
 
 @dataclass
 class DeviceSection:
-    id: str = _doc("Unique device id, sent with every candidate and heartbeat.", "")
+    id: str = _doc("Unique device id, as issued by `cloud-selector devices add NAME`.", "")
+    token: str = _doc("Secret token issued with the id. Prefer token_file, so the secret is not in this file.", "")
+    token_file: str = _doc("File holding the token (first line); used when token is empty.", "")
     state_dir: str = _doc("Directory for the outbox (spool.sqlite) and installed models (models/).", "/var/lib/edge-agent")
 
 
 @dataclass
 class SourceSection:
-    type: str = _doc('"video" (a video file or a directory of them) or "images" (a directory of images).', "video")
-    path: str = _doc("File or directory to read frames from.", "")
-    follow: bool = _doc("Keep watching the directory for new video files instead of exiting at the end.", False)
+    type: str = _doc('"video" (file or directory of videos), "images" (directory of images), "camera" (USB/V4L2 '
+                     'index or /dev/videoN), "stream" (rtsp:// or http(s):// URL) or "gstreamer" (a pipeline string).',
+                     "video")
+    path: str = _doc("File, directory, camera index/device, stream URL or GStreamer pipeline, by type.", "")
+    name: str = _doc('Name of this source in candidates\' metadata ("" = derived from path).', "")
+    follow: bool = _doc("video/images: keep watching the directory for new files instead of exiting at the end.", False)
     poll_interval_s: float = _doc("With follow: how often to look for new files.", 0.5)
+    max_fps: float = _doc("At most this many frames per second of capture time are scored (0 = all).", 0.0)
+    stride: int = _doc("Score every Nth frame of the source (1 = every frame).", 1)
+    width: int = _doc("camera: requested capture width (0 = the camera's default).", 0)
+    height: int = _doc("camera: requested capture height (0 = the camera's default).", 0)
+    fps: float = _doc("camera: requested capture frame rate (0 = the camera's default).", 0.0)
+    reconnect_initial_s: float = _doc("camera/stream: first wait before reconnecting after the stream drops.", 0.5)
+    reconnect_max_s: float = _doc("camera/stream: longest wait between reconnect attempts (exponential, jittered).", 30.0)
 
 
 @dataclass
@@ -50,35 +65,62 @@ class ModelSection:
     bundle_dir: str = _doc(
         "Initial model bundle (manifest.json + model.onnx + novelty bank). A newer installed bundle wins.", ""
     )
-    providers: list = _doc("ONNX Runtime execution providers in order of preference; CPU is always the fallback.",
+    providers: list = _doc("ONNX Runtime execution providers in order of preference, e.g. "
+                           '["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]; '
+                           "unavailable ones are skipped with a log line and CPU is always the fallback.",
                            ["CPUExecutionProvider"])
+    cuda_device_id: int = _doc("GPU index for the CUDA and TensorRT providers.", 0)
+    trt_engine_cache_dir: str = _doc("TensorRT: directory to cache built engines in (\"\" = no cache; "
+                                     "building an engine takes minutes on a Jetson).", "")
+    trt_fp16: bool = _doc("TensorRT: allow FP16 kernels.", False)
     intra_op_threads: int = _doc("ONNX Runtime intra-op threads (0 = ORT's default).", 1)
+    warmup_runs: int = _doc("Inferences on a blank frame after loading, before the first real frame.", 2)
 
 
 @dataclass
 class PolicySection:
-    threshold: float = _doc("Keep a frame when its combined score is at least this.", 0.5)
+    mode: str = _doc('"budget": keep the top target_fraction of frames with an adaptive threshold, paced by the '
+                     'caps below; "threshold": keep frames whose combined score >= threshold.', "budget")
+    target_fraction: float = _doc("budget: share of frames to keep (0..1], lowered when a cap below would "
+                                  "otherwise run out early.", 0.05)
+    exploration_share: float = _doc("budget: share of kept frames chosen at random (reason random), so the cloud "
+                                    "also sees typical data.", 0.1)
+    quantile_window: int = _doc("budget: the adaptive threshold is a quantile of this many recent scores.", 2000)
+    threshold: float = _doc("threshold: keep a frame when its combined score is at least this.", 0.5)
+    random_fraction: float = _doc("threshold: share of below-threshold frames kept at random (0..1).", 0.0)
     uncertainty_measure: str = _doc('"entropy", "least_confidence" or "margin".', "entropy")
     uncertainty_weight: float = _doc("Weight of the uncertainty score in the combined score.", 1.0)
-    novelty_weight: float = _doc("Weight of the novelty score (cosine distance to the bank) in the combined score.", 1.0)
-    max_per_minute: int = _doc("At most this many frames kept per minute of capture time.", 60)
-    random_fraction: float = _doc("Share of below-threshold frames kept at random as exploration (0..1).", 0.0)
-    seed: int = _doc("Seed of the exploration draw.", 0)
+    novelty_weight: float = _doc("Weight of the novelty score (0..1, calibrated on the bundle's bank).", 1.0)
+    max_per_minute: int = _doc("Hard cap: frames kept per minute of capture time (0 = no cap).", 60)
+    max_per_hour: int = _doc("Hard cap: frames kept per hour (0 = no cap).", 0)
+    max_per_day: int = _doc("Hard cap: frames kept per 24 hours (0 = no cap).", 0)
+    max_bytes_per_day: int = _doc("Hard cap: JPEG bytes kept per 24 hours (0 = no cap).", 0)
+    seed: int = _doc("Seed of the random draws (exploration, tie-breaks).", 0)
     repeat_distance: float = _doc(
         "Drop a frame that would be kept when its appearance (grey thumbnail, shift-tolerant RMS distance) is "
-        "closer than this to one of the last `repeat_memory` kept frames; 0 turns the check off.", 0.2)
+        "closer than this to one of the last `repeat_memory` kept frames; 0 turns the appearance check off.", 0.2)
+    repeat_embedding_distance: float = _doc(
+        "...and its embedding is within this cosine distance of that same kept frame (checked first, it is cheap); "
+        "0 = appearance alone decides.", 0.0)
     repeat_memory: int = _doc("How many recently kept frames the repeat check remembers.", 16)
 
 
 @dataclass
 class UploadSection:
     jpeg_quality: int = _doc("JPEG quality of uploaded frames (1-100).", 90)
+    max_side: int = _doc("Downscale uploaded frames so the longer side is at most this many pixels (0 = full size).", 0)
     window: int = _doc("Candidates in flight on the upload stream before waiting for acks.", 32)
+    ack_timeout_s: float = _doc("Reconnect when candidates in flight get no ack for this long.", 60.0)
 
 
 @dataclass
 class CloudSection:
     address: str = _doc("host:port of `cloud-selector serve`'s gRPC endpoint.", "127.0.0.1:50051")
+    tls_ca_file: str = _doc("PEM CA certificate that signed the server's certificate; empty = no TLS (only for "
+                            "loopback or a trusted network: the token then travels in clear).", "")
+    tls_cert_file: str = _doc("Mutual TLS: this device's PEM certificate (with tls_key_file).", "")
+    tls_key_file: str = _doc("Mutual TLS: this device's PEM private key.", "")
+    tls_server_name: str = _doc("Expected name in the server's certificate when it differs from the address host.", "")
     max_message_mb: float = _doc("gRPC message size limit in MiB, both directions; must cover the largest JPEG.", 8.0)
     heartbeat_interval_s: float = _doc("Seconds between heartbeats.", 5.0)
     watch_models: bool = _doc("Watch the cloud for new model bundles and hot-swap them.", True)
@@ -88,6 +130,20 @@ class CloudSection:
 @dataclass
 class SpoolSection:
     synchronous: str = _doc('SQLite durability: "FULL" survives power loss, "NORMAL" only crashes.', "FULL")
+    cap_mb: float = _doc("Disk cap of the outbox in MiB; when full, the lowest-value queued frames are evicted "
+                         "first (0 = no cap).", 1024.0)
+
+
+@dataclass
+class MetricsSection:
+    port: int = _doc("Serve Prometheus metrics on http://<address>:<port>/metrics (0 = off).", 0)
+    address: str = _doc('Address the metrics endpoint binds; "0.0.0.0" exposes it to the network.', "127.0.0.1")
+
+
+@dataclass
+class LogSection:
+    level: str = _doc('"DEBUG", "INFO", "WARNING" or "ERROR" (the --log-level option wins).', "INFO")
+    format: str = _doc('"text" or "json" (one JSON object per line, for log shippers).', "text")
 
 
 @dataclass
@@ -99,30 +155,52 @@ class AgentConfig:
     upload: UploadSection = field(default_factory=UploadSection)
     cloud: CloudSection = field(default_factory=CloudSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    log: LogSection = field(default_factory=LogSection)
 
     def validate(self) -> None:
         required = {"device.id": self.device.id, "source.path": self.source.path, "model.bundle_dir": self.model.bundle_dir}
         for key, value in required.items():
             if not value:
                 raise ConfigError(f"{key} is required")
-        if self.source.type not in ("video", "images"):
-            raise ConfigError(f'source.type must be "video" or "images", got {self.source.type!r}')
+        if self.source.type not in SOURCE_TYPES:
+            raise ConfigError(f"source.type must be one of {', '.join(SOURCE_TYPES)}; got {self.source.type!r}")
+        if self.source.stride < 1 or self.source.max_fps < 0:
+            raise ConfigError("source.stride must be >= 1 and source.max_fps >= 0")
         if not 1 <= self.upload.jpeg_quality <= 100:
             raise ConfigError("upload.jpeg_quality must be within 1..100")
+        if self.upload.max_side < 0 or self.upload.window < 1 or self.upload.ack_timeout_s <= 0:
+            raise ConfigError("upload.max_side must be >= 0, upload.window >= 1 and upload.ack_timeout_s > 0")
         if self.cloud.max_message_mb <= 0 or self.cloud.heartbeat_interval_s <= 0:
             raise ConfigError("cloud.max_message_mb and cloud.heartbeat_interval_s must be > 0")
+        if bool(self.cloud.tls_cert_file) != bool(self.cloud.tls_key_file):
+            raise ConfigError("cloud.tls_cert_file and cloud.tls_key_file go together (mutual TLS)")
         if self.spool.synchronous.upper() not in ("FULL", "NORMAL"):
             raise ConfigError(f'spool.synchronous must be "FULL" or "NORMAL", got {self.spool.synchronous!r}')
-        if self.policy.repeat_distance < 0 or self.policy.repeat_memory < 1:
-            raise ConfigError("policy.repeat_distance must be >= 0 and policy.repeat_memory >= 1")
+        if self.spool.cap_mb < 0:
+            raise ConfigError("spool.cap_mb must be >= 0 (0 = no cap)")
+        if self.policy.repeat_distance < 0 or self.policy.repeat_embedding_distance < 0 or self.policy.repeat_memory < 1:
+            raise ConfigError("policy.repeat_distance and repeat_embedding_distance must be >= 0, repeat_memory >= 1")
+        if not 0 <= self.metrics.port <= 65535:
+            raise ConfigError("metrics.port must be within 0..65535")
+        if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log.level must be DEBUG, INFO, WARNING or ERROR; got {self.log.level!r}")
+        if self.log.format not in ("text", "json"):
+            raise ConfigError(f'log.format must be "text" or "json"; got {self.log.format!r}')
+        if self.model.warmup_runs < 0 or self.model.intra_op_threads < 0:
+            raise ConfigError("model.warmup_runs and model.intra_op_threads must be >= 0")
+        unknown = [name for name in self.model.providers if name not in ort.get_all_providers()]
+        if unknown:
+            raise ConfigError(f"model.providers: unknown execution provider(s) {unknown}; ONNX Runtime knows "
+                              f"{', '.join(ort.get_all_providers())}")
         try:
             self.policy_config()
         except ValueError as exc:
             raise ConfigError(f"policy: {exc}") from exc
 
     def policy_config(self) -> PolicyConfig:
-        """The [policy] keys that the threshold policy takes (the repeat_* keys configure the
-        appearance check)."""
+        """The [policy] keys that the keep policy takes (the repeat_* keys configure the
+        repeat check)."""
         keys = {k: v for k, v in vars(self.policy).items() if not k.startswith("repeat_")}
         return PolicyConfig(**keys)
 
@@ -189,6 +267,20 @@ def template() -> str:
             lines.append(f"# {f.metadata['doc']}{mark}")
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
         lines.append("")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """Every key as a Markdown table (section, key, default, meaning): the README's reference."""
+    required = {"device.id", "source.path", "model.bundle_dir"}
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section_field in dataclasses.fields(AgentConfig):
+        section = section_field.default_factory()
+        for f in dataclasses.fields(section):
+            key = f"{section_field.name}.{f.name}"
+            default = "*(required)*" if key in required else f"`{_toml_value(getattr(section, f.name))}`"
+            doc = f.metadata["doc"].replace("|", "\\|")
+            lines.append(f"| `{key}` | {default} | {doc} |")
     return "\n".join(lines)
 
 

@@ -114,7 +114,7 @@ class Demo:
             f'[source]\ntype = "video"\npath = "{(device_dir / "inbox").resolve()}"\nfollow = true\n'
             f"poll_interval_s = 0.2\n\n"
             f'[model]\nbundle_dir = "{bundle_dir.resolve()}"\n\n'
-            f"[policy]\nthreshold = {self.c.threshold}\nmax_per_minute = {self.c.max_per_minute}\n\n"
+            f"[policy]\nmode = \"threshold\"\nthreshold = {self.c.threshold}\nmax_per_minute = {self.c.max_per_minute}\n\n"
             f'[cloud]\naddress = "127.0.0.1:{port}"\nheartbeat_interval_s = 0.5\n'
         )
         return path
@@ -200,7 +200,8 @@ class Demo:
         logs = self.out / "logs"
         server = processes.start("cloud-selector", "cloud_selector",
                                  ["--data-dir", str(self.out / "cloud"), "serve", "--grpc-address", "127.0.0.1:0",
-                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3"],
+                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3",
+                                  "--allow-unauthenticated"],
                                  logs / "cloud-selector.log")
         self.children.append(server)
         try:

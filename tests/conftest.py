@@ -4,13 +4,18 @@ seed model trained on a handful of real Fashion-MNIST images."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
 
 from flywheel_demo.datasets import FASHION_MNIST_DIR, load_fashion_mnist
+
+if TYPE_CHECKING:
+    from cloud_selector.cli import Services
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +41,72 @@ def cloud(tmp_path):
     yield services, running.port
     running.stop(grace_s=0.5)
     services.catalog.close()
+
+
+@pytest.fixture
+def cloud_factory(tmp_path):
+    """Start servers with your own `create_server` options (auth=, tls=, rate_limit=, ...).
+
+    `start(**options)` returns a `CloudUnderTest` on the data dir tmp_path/<name> (another
+    process or a CLI call may share it); every server is stopped and every catalog closed at
+    teardown. `auth` may also be a function of the cloud's catalog, e.g. `DeviceAuthenticator`."""
+    from cloud_selector.cli import open_services
+    from cloud_selector.server import create_server
+
+    started = []
+
+    def start(*, name: str = "cloud", auth=None, **options) -> CloudUnderTest:
+        services = open_services(tmp_path / name)
+        if isinstance(auth, type) or (auth is not None and not hasattr(auth, "authenticate")):
+            auth = auth(services.catalog)
+        running = create_server("127.0.0.1:0", catalog=services.catalog, blobs=services.blobs, auth=auth,
+                                **{"watch_poll_s": 0.1, **options})
+        started.append((services, running))
+        return CloudUnderTest(services, running.port, tmp_path / name / "blobs")
+
+    yield start
+    for services, running in started:
+        running.stop(grace_s=0.5)
+        services.catalog.close()
+
+
+@dataclass(frozen=True)
+class CloudUnderTest:
+    services: Services
+    port: int
+    blob_dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def blob_files(self) -> list[Path]:
+        """Every file under the blob directory (temp files too: a rejected upload leaves none)."""
+        return [p for p in self.blob_dir.rglob("*") if p.is_file()]
+
+    def candidate_count(self) -> int:
+        return sum(self.services.catalog.count_by_state().values())
+
+
+def make_candidate(device_id: str = "cam-test", *, width: int = 32, height: int = 24, embedding_dim: int = 8,
+                   num_classes: int = 4, model_version: int = 0, seed: int = 0):
+    """A valid Candidate with a real JPEG of `width` x `height` (noise, so it is not tiny)."""
+    import uuid
+
+    from protos import flywheel_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    ok, jpeg = cv2.imencode(".jpg", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    assert ok
+    probabilities = rng.random(num_classes)
+    return pb.Candidate(
+        candidate_id=str(uuid.uuid4()), device_id=device_id, capture_time_ms=1_700_000_000_000,
+        model_version=model_version, jpeg=jpeg.tobytes(), width=width, height=height,
+        embedding=rng.standard_normal(embedding_dim).tolist(),
+        probabilities=(probabilities / probabilities.sum()).tolist(),
+        scores=pb.Scores(least_confidence=0.5, margin=0.5, entropy=0.5, novelty=0.1, combined=0.5),
+        reason=pb.KEEP_REASON_UNCERTAINTY, metadata={"source": "test"},
+    )
 
 
 def seed_model(services, dataset, root: Path, classes=(0, 1, 7, 9), per_class: int = 6, frame_size: int = 56):

@@ -25,7 +25,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
         assert needle in lines[0]
 
 
-@pytest.mark.parametrize("module,sub", [("edge_agent", "run"), ("edge_agent", "check"), ("cloud_selector", "serve"),
+@pytest.mark.parametrize("module,sub", [("edge_agent", "run"), ("edge_agent", "doctor"), ("cloud_selector", "serve"),
                                         ("cloud_selector", "select"), ("cloud_selector", "labels"),
                                         ("cloud_selector", "train")])
 def test_help_explains(module, sub):
@@ -62,13 +62,17 @@ def test_missing_config_file(tmp_path):
     assert_one_line_error(run("edge_agent", "run", "--config", str(tmp_path / "nope.toml")), "not found")
 
 
-def test_unreachable_server(cloud, fashion_train, tmp_path):
+def test_doctor_says_what_is_wrong_in_plain_words(cloud, fashion_train, tmp_path):
     from conftest import seed_model
 
     services, _ = cloud
     bundle = seed_model(services, fashion_train, tmp_path / "seed", per_class=2)
-    result = run("edge_agent", "check", "--config", str(write_config(tmp_path, bundle=str(bundle))))
-    assert_one_line_error(result, "cannot reach the cloud at 127.0.0.1:1")
+    result = run("edge_agent", "doctor", "--config", str(write_config(tmp_path, bundle=str(bundle))))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = {line.split()[1].rstrip(":"): line for line in result.stdout.splitlines() if line.strip()}
+    assert lines["model"].startswith("ok")
+    assert lines["server"].startswith("FAIL") and "127.0.0.1:1" in result.stdout
+    assert lines["source"].startswith("FAIL")  # the config's source is a directory without videos
 
 
 def test_cloud_label_file_errors(tmp_path):

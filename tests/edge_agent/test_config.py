@@ -33,7 +33,7 @@ bundle_dir = "/opt/bundle"
 def test_template_parses_and_builds_with_required_keys_filled():
     data = tomllib.loads(template())
     # every section of the config is in the template
-    assert set(data) == {"device", "source", "model", "policy", "upload", "cloud", "spool"}
+    assert set(data) == {"device", "source", "model", "policy", "upload", "cloud", "spool", "metrics", "log"}
     for section, values in REQUIRED.items():
         data[section].update(values)
     config = build_config(data, env={})
@@ -268,3 +268,23 @@ def test_invalid_policy_values_are_config_errors(key, value):
 def test_invalid_spool_synchronous_is_config_error():
     with pytest.raises(ConfigError, match="synchronous"):
         build_config({**REQUIRED, "spool": {"synchronous": "FUL"}}, env={})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"),
+    [
+        ("source", "type", '"webcam"', "source.type"),
+        ("source", "stride", "0", "source.stride"),
+        ("policy", "mode", '"greedy"', "mode"),
+        ("policy", "target_fraction", "0.0", "target_fraction"),
+        ("cloud", "tls_cert_file", '"/etc/cert.pem"', "tls_key_file"),
+        ("spool", "cap_mb", "-1.0", "spool.cap_mb"),
+        ("metrics", "port", "70000", "metrics.port"),
+        ("log", "format", '"xml"', "log.format"),
+    ],
+)
+def test_invalid_production_keys_name_the_key(section, key, value, match):
+    data = {name: dict(values) for name, values in REQUIRED.items()}
+    data.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+    with pytest.raises(ConfigError, match=match):
+        build_config(data, env={})

@@ -13,7 +13,7 @@ from cloud_selector.trainer import TrainConfig
 from conftest import seed_model, write_video
 from edge_agent.agent import Agent, Heartbeat
 from edge_agent.appearance import RecentFrames
-from edge_agent.policy import PolicyConfig, ThresholdPolicy
+from edge_agent.policy import KeepPolicy, PolicyConfig
 from edge_agent.runtime import LoadedModel
 from edge_agent.sources import VideoFileSource
 from edge_agent.spool import Spool
@@ -39,7 +39,7 @@ def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
     slot = ModelSlot(LoadedModel(v1_dir))
     spool = Spool(tmp_path / "device" / "spool.sqlite")
     agent = Agent(device_id="cam-test", source=VideoFileSource(video.parent), slot=slot,
-                  policy=ThresholdPolicy(PolicyConfig(threshold=0.3, max_per_minute=1000)), spool=spool,
+                  policy=KeepPolicy(PolicyConfig(mode="threshold", threshold=0.3, max_per_minute=1000)), spool=spool,
                   recent=RecentFrames())
     channel = open_channel(f"127.0.0.1:{port}")
     uploader = Uploader(channel, spool, window=8, backoff=Backoff(0.05, 0.5))
@@ -55,7 +55,7 @@ def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
         assert agent.stats.frames_kept > 10, agent.stats
         assert agent.stats.dropped.get("repeat", 0) > 0, "consecutive frames of one item must be suppressed"
         wait_for(lambda: spool.stats().depth == 0, 20, "the outbox to drain")
-        Heartbeat(channel, agent, lambda: uploader.acked, interval_s=1).beat()
+        Heartbeat(channel, agent, uploader, interval_s=1).beat()
 
         pool = services.catalog.candidates(states=["pooled"])
         assert len(pool) == agent.stats.frames_kept == uploader.acked

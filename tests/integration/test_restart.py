@@ -29,6 +29,15 @@ def spool_rows(path: Path) -> list[tuple[str, bytes]]:
         return db.execute("SELECT candidate_id, payload FROM items WHERE state != 'dead'").fetchall()
 
 
+def progress_rows(path: Path) -> list[tuple[int]]:
+    """The spool's progress rows; none while the agent has not created its schema yet."""
+    try:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT last_index FROM progress").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
 def start_agent(config: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
                             stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
@@ -45,7 +54,7 @@ def test_killed_agent_resends_unacked_and_cloud_stores_once(cloud, fashion_train
         f'[device]\nid = "cam-restart"\nstate_dir = "{state}"\n'
         f'[source]\npath = "{video.parent}"\nfollow = true\n'
         f'[model]\nbundle_dir = "{bundle}"\n'
-        f"[policy]\nthreshold = 0.3\nmax_per_minute = 1000\n"
+        f'[policy]\nmode = "threshold"\nthreshold = 0.3\nmax_per_minute = 1000\n'
         f'[cloud]\naddress = "127.0.0.1:{port}"\nheartbeat_interval_s = 0.5\n'
     )
     log = tmp_path / "agent.log"
@@ -56,11 +65,9 @@ def test_killed_agent_resends_unacked_and_cloud_stores_once(cloud, fashion_train
     spool_db = state / "spool.sqlite"
     while True:
         assert agent.poll() is None, log.read_text()
-        if spool_db.exists():
-            with sqlite3.connect(spool_db) as db:
-                done = db.execute("SELECT last_index FROM progress").fetchall()
-            if done and done[0][0] >= 1 << 62:
-                break
+        done = progress_rows(spool_db)
+        if done and done[0][0] >= 1 << 62:
+            break
         assert time.monotonic() < deadline, "agent did not finish the video"
         time.sleep(0.1)
     os.killpg(agent.pid, signal.SIGKILL)
