@@ -110,6 +110,21 @@ class FleetService(pb_grpc.FleetServicer):
             "id": request.device_id, "model_version": request.model_version, "frames_seen": request.frames_seen,
             "frames_kept": request.frames_kept, "candidates_acked": request.candidates_acked,
             "spool_depth": request.spool_depth, "spool_bytes": request.spool_bytes, "fps": request.fps,
-            "status": dict(list(request.status.items())[:32]),
+            "status": {**dict(list(request.status.items())[:32]), **health(request)},
         })
         return pb.HeartbeatResponse(server_time_ms=now_ms())
+
+
+def health(request: pb.HeartbeatRequest) -> dict:
+    """The heartbeat's typed health fields, kept in the device row's status JSON (next to the
+    device's free-form status) until the catalog gets migrations for columns of their own."""
+    return {
+        "agent_version": request.agent_version[:64],
+        "inference_p50_ms": round(request.inference_p50_ms, 3),
+        "inference_p99_ms": round(request.inference_p99_ms, 3),
+        "candidates_evicted": request.candidates_evicted,
+        "candidates_rejected": request.candidates_rejected,
+        "bytes_uploaded": request.bytes_uploaded,
+        "spool_cap_bytes": request.spool_cap_bytes,
+        "clock_skew_ms": now_ms() - request.device_time_ms if request.device_time_ms else None,
+    }

@@ -58,7 +58,7 @@ def credentials(config: AgentConfig) -> DeviceCredentials | None:
 def cloud_channel(config: AgentConfig) -> grpc.Channel:
     c = config.cloud
     tls = ClientTls(ca_file=c.tls_ca_file, cert_file=c.tls_cert_file, key_file=c.tls_key_file,
-                    server_name=c.tls_server_name) if c.tls_ca_file else None
+                    server_name=c.tls_server_name) if c.tls or c.tls_ca_file else None
     return open_channel(c.address, credentials=credentials(config), tls=tls,
                         max_message_bytes=int(c.max_message_mb * 1024 * 1024))
 

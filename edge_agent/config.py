@@ -116,8 +116,9 @@ class UploadSection:
 @dataclass
 class CloudSection:
     address: str = _doc("host:port of `cloud-selector serve`'s gRPC endpoint.", "127.0.0.1:50051")
-    tls_ca_file: str = _doc("PEM CA certificate that signed the server's certificate; empty = no TLS (only for "
-                            "loopback or a trusted network: the token then travels in clear).", "")
+    tls: bool = _doc("Connect with TLS, trusting the system's CA store (or tls_ca_file). Without TLS the token "
+                     "travels in clear: only for loopback or a trusted network.", False)
+    tls_ca_file: str = _doc("PEM CA certificate that signed the server's certificate (setting it turns TLS on).", "")
     tls_cert_file: str = _doc("Mutual TLS: this device's PEM certificate (with tls_key_file).", "")
     tls_key_file: str = _doc("Mutual TLS: this device's PEM private key.", "")
     tls_server_name: str = _doc("Expected name in the server's certificate when it differs from the address host.", "")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cloud_selector.auth import enroll_device
 from cloud_selector.cli import Services, open_services
 from cloud_selector.dedup import DEFAULT_APPEARANCE_THRESHOLD
 from cloud_selector.labels import export_queue, read_labels_csv
@@ -105,12 +106,18 @@ class Demo:
                 cv2.imwrite(str(root / label_name(name) / f"{index}.png"), render_clean(train.images[index], self.c.frame_size))
         return root
 
-    def _agent_config(self, device_id: str, port: int, bundle_dir: Path) -> Path:
+    def _agent_config(self, device_id: str, port: int, bundle_dir: Path, services: Services) -> Path:
+        """Enroll the device (as `cloud-selector devices add` does) and write its agent.toml, the
+        token in a 0600 file beside it."""
         device_dir = self.out / "devices" / device_id
         (device_dir / "inbox").mkdir(parents=True, exist_ok=True)
+        token_file = device_dir / "token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(enroll_device(services.catalog, device_id).token + "\n")
         path = device_dir / "agent.toml"
         path.write_text(
-            f'[device]\nid = "{device_id}"\nstate_dir = "{(device_dir / "state").resolve()}"\n\n'
+            f'[device]\nid = "{device_id}"\ntoken_file = "{token_file.resolve()}"\n'
+            f'state_dir = "{(device_dir / "state").resolve()}"\n\n'
             f'[source]\ntype = "video"\npath = "{(device_dir / "inbox").resolve()}"\nfollow = true\n'
             f"poll_interval_s = 0.2\n\n"
             f'[model]\nbundle_dir = "{bundle_dir.resolve()}"\n\n'
@@ -200,14 +207,13 @@ class Demo:
         logs = self.out / "logs"
         server = processes.start("cloud-selector", "cloud_selector",
                                  ["--data-dir", str(self.out / "cloud"), "serve", "--grpc-address", "127.0.0.1:0",
-                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3",
-                                  "--allow-unauthenticated"],
+                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3"],
                                  logs / "cloud-selector.log")
         self.children.append(server)
         try:
             port = int(processes.wait_for_file(self.out / "grpc.port", server, timeout_s=60))
             for device_id in self.device_ids:
-                config = self._agent_config(device_id, port, v1_bundle)
+                config = self._agent_config(device_id, port, v1_bundle, services)
                 self.children.append(processes.start(device_id, "edge_agent", ["run", "--config", str(config)],
                                                      logs / f"{device_id}.log"))
             reports = []

@@ -97,3 +97,44 @@ def test_agent_config_template_matches_deploy_example():
     assert result.returncode == 0
     assert (ROOT / "deploy" / "agent.example.toml").read_text().strip() == result.stdout.strip(), \
         "deploy/agent.example.toml is stale: regenerate it with `edge-agent config template`"
+
+
+def test_doctor_all_ok_over_tls_with_an_enrolled_device(cloud_factory, fashion_train, tmp_path):
+    """The production path end to end: `devices add` issues the token, the agent config points at
+    it and at the CA, and every doctor check passes against a TLS server that checks tokens."""
+    from cloud_selector.auth import DeviceAuthenticator
+    from cloud_selector.server import ServerTls
+    from conftest import seed_model, write_video
+    from tls_certs import make_ca
+
+    ca = make_ca(tmp_path / "pki")
+    server_cert = ca.issue(tmp_path / "pki", "server")
+    cloud = cloud_factory(auth=DeviceAuthenticator, tls=ServerTls.from_files(server_cert.cert, server_cert.key))
+    added = run("cloud_selector", "--data-dir", str(tmp_path / "cloud"), "devices", "add", "cam-doc")
+    assert added.returncode == 0, added.stderr
+    token = next(line.split("=", 1)[1].strip().strip('"') for line in added.stdout.splitlines()
+                 if line.strip().startswith("token ="))
+    (tmp_path / "token").write_text(token + "\n")
+    bundle = seed_model(cloud.services, fashion_train, tmp_path / "seed", per_class=2)
+    video = write_video(fashion_train, tmp_path / "videos" / "clip.avi", n_items=3)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nid = "cam-doc"\ntoken_file = "{tmp_path / "token"}"\n'
+                      f'state_dir = "{tmp_path / "state"}"\n[source]\npath = "{video.parent}"\n'
+                      f'[model]\nbundle_dir = "{bundle}"\n[spool]\ncap_mb = 16.0\n'
+                      f'[cloud]\naddress = "{cloud.address}"\ntls_ca_file = "{ca.files.cert}"\n')
+    result = run("edge_agent", "doctor", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()] == ["ok"] * 6
+
+    (tmp_path / "token").write_text("not-the-token\n")
+    result = run("edge_agent", "doctor", "--config", str(config))
+    assert result.returncode == 1 and "credentials" in result.stdout and "devices add" in result.stdout
+
+
+def test_readme_documents_every_agent_key():
+    result = run("edge_agent", "config", "reference")
+    assert result.returncode == 0
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- agent-config:begin -->")[1].split("<!-- agent-config:end -->")[0]
+    assert section.strip() == result.stdout.strip(), \
+        "README's agent configuration table is stale: paste `edge-agent config reference` between the markers"

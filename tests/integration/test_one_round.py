@@ -64,6 +64,10 @@ def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
             assert int(row.extra["frame_index"]) in truth and row.model_version == 1
         device = services.catalog.devices()[0]
         assert device["id"] == "cam-test" and device["frames_seen"] == len(truth) and device["spool_depth"] == 0
+        health = device["status"]
+        assert health["inference_p99_ms"] >= health["inference_p50_ms"] > 0
+        assert health["bytes_uploaded"] > 0 and health["candidates_evicted"] == 0
+        assert abs(health["clock_skew_ms"]) < 5_000 and health["agent_version"]
 
         result = run_round(services.catalog, services.blobs, services.registry, RoundConfig(n_samples=8))
         assert 0 < len(result.selected) <= 8 and result.pool_size == len(pool)
