@@ -28,8 +28,6 @@ from edge_agent.spool import Spool
 from edge_agent.transport import ClientTls, DeviceCredentials, TransportConfigError, open_channel
 from edge_agent.updater import ModelSlot, ModelUpdater, installed_bundle
 from edge_agent.uploader import Uploader
-from protos import flywheel_pb2 as pb
-from protos import flywheel_pb2_grpc as pb_grpc
 
 log = logging.getLogger("edge_agent")
 

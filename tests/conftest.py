@@ -4,6 +4,8 @@ seed model trained on a handful of real Fashion-MNIST images."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,24 @@ if TYPE_CHECKING:
     from cloud_selector.cli import Services
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a server a test starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    """Poll `condition` until it returns something truthy (returned), failing after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 DATA_DIR = Path(os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))

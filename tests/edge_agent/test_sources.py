@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import free_port
 from edge_agent.sources import (FILE_DONE, SOURCE_TYPES, CameraSource, Frame, FrameSource, GStreamerSource,
                                 ImageFolderSource, PacedSource, SourceError, SourceSpec, StreamSource,
                                 VideoFileSource, has_gstreamer, open_source, redact_url)
@@ -117,12 +118,6 @@ def camera():
 def colour_of(frame: Frame) -> tuple[int, int, int]:
     block = frame.image[:, :40].reshape(-1, 3).mean(axis=0)
     return tuple(int(c > 128) * 255 for c in block)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -6,21 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from cloud_selector.auth import DeviceAuthenticator, enroll_device
-from conftest import ROOT, seed_model, write_video
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, free_port, seed_model, wait_for, write_video
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -31,16 +23,6 @@ def scrape(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_agent_process_metrics_json_logs_manual_keep_and_clean_stop(cloud_factory, fashion_train, tmp_path):

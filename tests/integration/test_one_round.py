@@ -4,13 +4,12 @@ file, upload -> dedup + selection -> labels -> retrain -> the agent hot-swaps th
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from cloud_selector.rounds import RoundConfig, run_round
 from cloud_selector.retrain import retrain
 from cloud_selector.trainer import TrainConfig
-from conftest import seed_model, write_video
+from conftest import seed_model, wait_for, write_video
 from edge_agent.agent import Agent, Heartbeat
 from edge_agent.appearance import RecentFrames
 from edge_agent.policy import KeepPolicy, PolicyConfig
@@ -21,13 +20,6 @@ from edge_agent.transport import Backoff, open_channel
 from edge_agent.updater import CURRENT_FILE, ModelSlot, ModelUpdater
 from edge_agent.uploader import Uploader
 from flywheel_demo.streams import load_ground_truth
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,14 +13,8 @@ from pathlib import Path
 
 from cloud_selector.ingest import IngestService
 from cloud_selector.server import create_server
-from conftest import ROOT, seed_model, write_video
+from conftest import ROOT, free_port, seed_model, write_video
 from protos import flywheel_pb2 as pb
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spool_rows(path: Path) -> list[tuple[str, bytes]]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ import sqlalchemy as sa
 
 from cloud_selector import catalog as catalog_tables
 from cloud_selector.server import create_server
-from conftest import seed_model, write_video
+from conftest import free_port, seed_model, wait_for, write_video
 from edge_agent.agent import Agent
 from edge_agent.policy import KeepPolicy, PolicyConfig
 from edge_agent.runtime import LoadedModel
@@ -32,19 +30,6 @@ from edge_agent.spool import Spool
 from edge_agent.transport import Backoff, open_channel
 from edge_agent.updater import ModelSlot
 from edge_agent.uploader import Uploader
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
