@@ -50,6 +50,9 @@ def cmd_serve(args, s: Services) -> int:
         print("cloud-selector: error: --tls-cert and --tls-key go together (and --tls-client-ca needs both)",
               file=sys.stderr)
         return 2
+    if args.health_address and (":" not in args.health_address or not args.health_address.rpartition(":")[2].isdigit()):
+        print(f"cloud-selector: error: --health-address must be HOST:PORT, got {args.health_address!r}", file=sys.stderr)
+        return 2
     if args.rate_limit < 0 or args.rate_burst < 1:
         print("cloud-selector: error: --rate-limit must be >= 0 and --rate-burst >= 1", file=sys.stderr)
         return 2
@@ -67,10 +70,22 @@ def cmd_serve(args, s: Services) -> int:
     print(f"cloud-selector: gRPC listening on {host}:{running.port}", flush=True)
     if args.port_file:
         args.port_file.write_text(str(running.port))
+    health = None
+    if args.health_address:
+        from cloud_selector.health import HealthServer
+
+        host, _, port = args.health_address.rpartition(":")
+        health = HealthServer(host or "0.0.0.0", int(port), {
+            "catalog": s.catalog.latest_model,
+            "blob_store": lambda: s.blobs.exists("health/probe"),
+        }).start()
+        print(f"cloud-selector: health on http://{host or '0.0.0.0'}:{health.port}/readyz", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    if health is not None:
+        health.stop()
     running.stop(grace_s=3.0)
     log.info("stopped")
     return 0
@@ -198,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker threads; each device holds two streams open (default 64)")
     p.add_argument("--watch-poll", type=float, default=1.0, help="seconds between checks for new models (default 1)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file (useful with port 0)")
+    p.add_argument("--health-address", default="", metavar="HOST:PORT",
+                   help="serve HTTP /healthz (liveness) and /readyz (catalog and blob store answer) here for "
+                        "load balancers and Kubernetes probes (default: off)")
     p.add_argument("--tls-cert", help="PEM certificate chain of the server; with --tls-key serves TLS "
                                       "(default: plaintext, e.g. on loopback or behind a TLS proxy)")
     p.add_argument("--tls-key", help="PEM private key of the server")
