@@ -156,3 +156,62 @@ def write_video(dataset, path: Path, *, classes=(0, 1, 7, 9), n_items: int = 30,
     items = plan_stream(dataset.labels, mix, n_items, rng=np.random.default_rng(seed), run_length=(3, 6))
     plan = StreamPlan(device_id="cam-test", round=1, items=items, fps=10.0)
     return write_stream_video(path, dataset, plan, frame_size=56, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One real SeaweedFS S3 server on loopback for the whole session (HTTP, plus HTTPS signed by
+    a throwaway CA at `s3_server.tls.ca`); fails, never skips, with its log tail if it cannot start."""
+    from s3_server import SeaweedS3, SeaweedStartError, TLSFiles
+    from tls_certs import make_ca
+
+    pki = tmp_path_factory.mktemp("s3-pki")
+    ca = make_ca(pki)
+    leaf = ca.issue(pki, "seaweed-s3")
+    server = SeaweedS3(tls=TLSFiles(cert=leaf.cert, key=leaf.key, ca=ca.files.cert))
+    try:
+        server.start()
+    except SeaweedStartError as exc:
+        pytest.fail(f"could not start SeaweedFS for the S3 tests: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on `s3_server` per test; yields the `S3Settings` (plain HTTP) for it."""
+    import uuid
+
+    from cloud_selector.s3store import S3Settings
+
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    s3_server.client().make_bucket(bucket)
+    yield S3Settings(endpoint=s3_server.endpoint, bucket=bucket, access_key=s3_server.access_key,
+                     secret_key=s3_server.secret_key, secure=False)
+
+
+# ------------------------------------------------------------ catalog backends (tests/pg.py)
+# The same checks on both catalog backends: take `catalog_url` and open it with Catalog.open.
+
+
+@pytest.fixture
+def pg_schema():
+    """A fresh PostgreSQL schema (PgSchema: url, schema, base_url), dropped afterwards."""
+    from pg import fresh_schema
+
+    with fresh_schema() as schema:
+        yield schema
+
+
+@pytest.fixture
+def pg_url(pg_schema) -> str:
+    """A PostgreSQL URL whose search_path is a fresh, empty schema."""
+    return pg_schema.url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request, tmp_path) -> str:
+    """An empty catalog database on each backend: a new SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return request.getfixturevalue("pg_url")
