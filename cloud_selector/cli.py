@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,14 +31,18 @@ class Services:
     registry: object
 
 
-def open_services(data_dir: Path) -> Services:
-    from cloud_selector.blobstore import DirectoryBlobStore
+def open_services(data_dir: Path, *, catalog_url: str = "", blob_store: str = "",
+                  env: Mapping[str, str] | None = None) -> Services:
+    """The catalog (a SQLite file in `data_dir` unless `catalog_url` names a database), the blob
+    store (`data_dir/blobs` unless `blob_store` is another directory or s3://bucket/prefix, with
+    the S3 endpoint and keys from CLOUD_SELECTOR_S3_* in `env`) and the registry's local cache."""
     from cloud_selector.catalog import Catalog
     from cloud_selector.registry import Registry
+    from cloud_selector.s3store import open_blob_store
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.sqlite(data_dir / "catalog.sqlite")
-    blobs = DirectoryBlobStore(data_dir / "blobs")
+    catalog = Catalog.open(catalog_url) if catalog_url else Catalog.sqlite(data_dir / "catalog.sqlite")
+    blobs = open_blob_store(blob_store or str(data_dir / "blobs"), os.environ if env is None else env)
     return Services(catalog, blobs, Registry(catalog, blobs, data_dir / "cache" / "models"))
 
 
@@ -202,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CLOUD_SELECTOR_DATA_DIR", "cloud-data")),
                         help="state directory: catalog.sqlite, blobs/, cache/ (default $CLOUD_SELECTOR_DATA_DIR "
                              "or ./cloud-data)")
+    parser.add_argument("--catalog", default=os.environ.get("CLOUD_SELECTOR_CATALOG", ""), metavar="URL",
+                        help="catalog database URL, e.g. postgresql+psycopg://user@host/db (default "
+                             "$CLOUD_SELECTOR_CATALOG, else DATA_DIR/catalog.sqlite); migrated to the current schema "
+                             "on open")
+    parser.add_argument("--blob-store", default=os.environ.get("CLOUD_SELECTOR_BLOB_STORE", ""), metavar="SPEC",
+                        help="where images and model bundles live: a directory or s3://bucket/prefix (default "
+                             "$CLOUD_SELECTOR_BLOB_STORE, else DATA_DIR/blobs); S3 endpoint and keys come from "
+                             "CLOUD_SELECTOR_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY (and _REGION, _CA_FILE)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -296,15 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_selector.blobstore import BlobError
     from cloud_selector.catalog import UnknownCandidates
     from cloud_selector.labels import LabelFileError
+    from cloud_selector.s3store import S3ConfigError
     from cloud_selector.trainer import ExportError, TrainingError
 
     if args.command == "models" and args.action in ("publish", "export") and args.bundle is None:
         print(f"cloud-selector: error: models {args.action} needs a directory", file=sys.stderr)
         return 2
     try:
-        return args.func(args, open_services(args.data_dir))
+        return args.func(args, open_services(args.data_dir, catalog_url=args.catalog, blob_store=args.blob_store))
     except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
-            OSError) as exc:
+            S3ConfigError, OSError) as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
 
