@@ -22,16 +22,18 @@ RUN groupadd --system --gid 10001 cloud \
  && useradd --system --uid 10001 --gid cloud --create-home --home-dir /home/cloud --shell /usr/sbin/nologin cloud \
  && mkdir /data && chown cloud:cloud /data
 
-# All state (catalog.sqlite, blobs/, cache/) lives in the data directory.
+# Embedded default: all state (catalog.sqlite, blobs/, cache/) in the data directory. Set
+# CLOUD_SELECTOR_CATALOG (PostgreSQL URL) and CLOUD_SELECTOR_BLOB_STORE (s3://bucket/prefix,
+# with CLOUD_SELECTOR_S3_*) to run stateless replicas; then /data holds only a bundle cache.
 ENV CLOUD_SELECTOR_DATA_DIR=/data
 VOLUME ["/data"]
 WORKDIR /data
 USER 10001:10001
 
-# gRPC for devices (ingest, model watch/fetch, heartbeats).
-EXPOSE 50051
+# gRPC for devices (ingest, model watch/fetch, heartbeats); HTTP health for probes.
+EXPOSE 50051 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-  CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 50051), 3).close()"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=3)"]
 
 ENTRYPOINT ["cloud-selector"]
-CMD ["serve", "--grpc-address", "0.0.0.0:50051"]
+CMD ["serve", "--grpc-address", "0.0.0.0:50051", "--health-address", "0.0.0.0:8080"]
