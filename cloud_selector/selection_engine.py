@@ -1,0 +1,906 @@
+"""Run a LightlyOne-style selection config over a pool: which candidates to label, and why.
+
+Public face::
+
+    select(config, pool: SelectionPool) -> SelectionResult
+    selection_metrics(embeddings, picked_idx, labels=None, rng=0) -> SelectionMetrics
+    set_metrics(embeddings, idx, labels=None) -> SetMetrics
+
+Errors: a config that does not fit the pool (unknown metadata key, tag, score or class name)
+raises ``SelectionConfigError`` with the path of the config field; a malformed pool raises
+``ValueError`` naming the pool field.
+
+How a selection runs (LightlyOne's algorithm, see docs.lightly.ai "Selection Strategy
+Combination"):
+
+1. THRESHOLD strategies filter the candidates first (a missing value never passes).
+2. The other strategies are combined greedily, one sample at a time: each gives every
+   remaining candidate an *objective* in [0, 1]; the candidate with the largest
+   ``prod(objective ** strength)`` is picked; ties go to the lowest pool index. A strength of
+   0 switches the objective off (its stopping condition still applies); a negative strength
+   inverts it (``objective ** -s``: low objectives win), as LightlyOne documents.
+   Objectives are floored at ``OBJECTIVE_FLOOR`` so a zero never turns the product into
+   0 * inf; it only ranks its sample last (or first, under a negative strength).
+3. The datapool (``already_selected``: earlier selections and labelled items) counts for
+   DIVERSITY and BALANCE but is never picked again, so re-runs continue where the last
+   one stopped.
+
+Objectives, and the ``raw`` value recorded next to each in a pick's contributions:
+
+- DIVERSITY: raw = Euclidean distance between unit-length embeddings (0..2, LightlyOne's
+  unit) to the nearest selected or datapool sample; objective = raw / 2 (1 when nothing is
+  selected yet, raw then None). ``stopping_condition_minimum_distance`` makes closer
+  candidates ineligible, so no two selected samples are closer than it.
+- TYPICALITY: raw = TypiClust's typicality, 1 / mean distance to the k nearest other pool
+  samples, datapool included (paper definition: plain, not squared, Euclidean distance);
+  objective = raw / the largest among the candidates. Static.
+  ``stopping_condition_minimum_typicality`` applies to the objective.
+- WEIGHTS: raw = the input value; objective = value / max over the candidates (min-max
+  instead when some values are negative), so the product stays scale-free. Static.
+- SIMILARITY: raw = distance to the nearest sample of the query tag; objective = 1 - raw/2.
+- BALANCE: raw = (target - current distribution) . sample's class vector, in [-1, 1]: how
+  much picking the sample moves the selection's histogram (datapool + picks) toward the
+  target; objective = (1 + raw) / 2. A picked class's objective drops, a starved class's
+  rises, so pure BALANCE round-robins into the target fractions.
+- RANDOM input: a seeded uniform draw per pool row.
+
+Scale (100k candidates x 1k picks, D up to 1280, 2 cores): typicality's k-NN is exact with
+FAISS up to ``EXACT_KNN_MAX_WORK`` multiply-adds and near-exact beyond (neighbours proposed by
+k-means cell probing in a <= 128-d PCA space, distances then computed exactly); DIVERSITY keeps each candidate's distance to
+its nearest pick and updates it per pick, lazily (a heap of stale upper bounds, exact because
+those distances only shrink) when DIVERSITY is the only objective that changes, eagerly
+(O(N*D) per pick) when BALANCE or a negative DIVERSITY strength is in play. All work is float32
+on unit vectors, in blocks; nothing N x N is built.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import faiss
+import numpy as np
+
+from cloud_selector.selection_config import (
+    BalanceDistribution,
+    BalanceStrategy,
+    DiversityStrategy,
+    EmbeddingsInput,
+    MetadataInput,
+    PredictionsInput,
+    RandomInput,
+    ScoresInput,
+    SelectionConfig,
+    SelectionConfigError,
+    SelectionEntry,
+    SimilarityStrategy,
+    ThresholdOperation,
+    ThresholdStrategy,
+    TypicalityStrategy,
+    WeightsStrategy,
+)
+
+__all__ = [
+    "EXACT_KNN_MAX_WORK",
+    "OBJECTIVE_FLOOR",
+    "Contribution",
+    "PickedSample",
+    "SelectionMetrics",
+    "SelectionPool",
+    "SelectionResult",
+    "SetMetrics",
+    "StopReason",
+    "select",
+    "selection_metrics",
+    "set_metrics",
+    "typicality_scores",
+]
+
+OBJECTIVE_FLOOR = 1e-12
+"""Objectives below this count as this in the product (and its log): a zero ranks last
+without producing 0 * inf when another strategy has a negative strength."""
+
+SQUARED_DISTANCE_RESOLUTION = 1e-6
+"""Squared Euclidean distances below this (distance < 1e-3) are float32 rounding noise and
+snap to 0: a unit vector's dot with itself is 1 +- 6e-8, which would otherwise read as a
+distance of ~3e-4 between exact duplicates."""
+
+EXACT_KNN_MAX_WORK = 5e10
+"""Typicality's k-NN is exact while N * N * D stays below this (~1-2 s on 2 cores: N=20k at
+D=128, N=6k at D=1280); beyond it neighbours are proposed by k-means cell probing and their
+distances computed exactly, so only a missed neighbour (rare; it raises that row's mean
+distance a little) separates the result from the exact one."""
+
+_PCA_DIM = 128          # candidate search space for the approximate k-NN
+_PROBE_CELLS = 24      # k-means cells a cell's members are searched in (own cell first)
+_FAISS_SEED = 1234      # k-means and PCA sample: fixed so a run is reproducible
+_ROW_BLOCK = 4096       # rows per block where a [rows, k, D] gather is built
+_LAZY_BATCH = 64        # stale heap entries refreshed together (one small matmul)
+
+
+# ---- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SelectionPool:
+    """Everything a selection can read, one row per sample.
+
+    ``already_selected`` rows are the datapool: they steer DIVERSITY and BALANCE and count
+    for TYPICALITY's density and SIMILARITY's query set, but are never picked. ``tags`` are
+    boolean masks (SIMILARITY's query sets). ``metadata`` values are str, int, float or None
+    (missing); a NaN score is missing too (WEIGHTS ranks it lowest, THRESHOLD drops it).
+    Arrays are validated and stored as numpy arrays of fixed dtypes.
+    """
+
+    ids: Sequence[str]
+    embeddings: np.ndarray | None = None              # float32 [N, D]
+    scores: Mapping[str, np.ndarray] = field(default_factory=dict)   # name -> float64 [N]
+    predictions: np.ndarray | None = None             # float [N, C] class probabilities
+    class_names: Sequence[str] = ()
+    metadata: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    already_selected: np.ndarray | None = None        # bool [N]
+    tags: Mapping[str, np.ndarray] = field(default_factory=dict)     # name -> bool [N]
+
+    def __post_init__(self):
+        ids = list(self.ids)
+        n = len(ids)
+        if not all(isinstance(i, str) for i in ids):
+            raise ValueError("ids must be strings")
+        if len(set(ids)) != n:
+            raise ValueError("ids must be unique")
+        put = lambda name, value: object.__setattr__(self, name, value)
+        put("ids", tuple(ids))
+        if self.embeddings is not None:
+            emb = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != n:
+                raise ValueError(f"embeddings must be [{n}, D], got shape {emb.shape}")
+            if not np.isfinite(emb).all():
+                raise ValueError("embeddings contain non-finite values (NaN or inf)")
+            put("embeddings", emb)
+        scores = {}
+        for name, values in self.scores.items():
+            arr = np.asarray(values, dtype=np.float64)
+            if arr.shape != (n,):
+                raise ValueError(f"scores[{name!r}] must have shape ({n},), got {arr.shape}")
+            scores[str(name)] = arr
+        put("scores", scores)
+        if self.predictions is not None:
+            pred = np.asarray(self.predictions, dtype=np.float64)
+            if pred.ndim != 2 or pred.shape[0] != n:
+                raise ValueError(f"predictions must be [{n}, C], got shape {pred.shape}")
+            if not np.isfinite(pred).all() or (pred < 0).any():
+                raise ValueError("predictions must be finite, non-negative class probabilities")
+            names = tuple(str(c) for c in self.class_names) or tuple(str(c) for c in range(pred.shape[1]))
+            if len(names) != pred.shape[1] or len(set(names)) != len(names):
+                raise ValueError(f"class_names must be {pred.shape[1]} unique names, got {list(self.class_names)}")
+            put("predictions", pred)
+            put("class_names", names)
+        else:
+            put("class_names", tuple(str(c) for c in self.class_names))
+        metadata = {}
+        for key, values in self.metadata.items():
+            values = list(values)
+            if len(values) != n:
+                raise ValueError(f"metadata[{key!r}] has {len(values)} values for {n} samples")
+            for i, v in enumerate(values):
+                if v is not None and not isinstance(v, (str, int, float)):
+                    raise ValueError(f"metadata[{key!r}][{i}] must be str, number or None, got {v!r}")
+            metadata[str(key)] = tuple(values)
+        put("metadata", metadata)
+        sel = np.zeros(n, bool) if self.already_selected is None else np.asarray(self.already_selected)
+        if sel.shape != (n,) or sel.dtype != bool:
+            raise ValueError(f"already_selected must be bool [{n}], got {sel.dtype} {sel.shape}")
+        put("already_selected", sel)
+        tags = {}
+        for name, mask in self.tags.items():
+            mask = np.asarray(mask)
+            if mask.shape != (n,) or mask.dtype != bool:
+                raise ValueError(f"tags[{name!r}] must be bool [{n}], got {mask.dtype} {mask.shape}")
+            tags[str(name)] = mask
+        put("tags", tags)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One strategy's part in a pick: ``factor = max(objective, OBJECTIVE_FLOOR) ** strength``.
+
+    ``raw`` is the strategy's own quantity (distance, typicality, value, balance gain; see
+    the module docstring), None where there is none (DIVERSITY before anything is selected,
+    a missing metadata value).
+    """
+
+    strategy_index: int   # position in config.strategies
+    strategy: str         # "DIVERSITY", ...
+    input: str            # "EMBEDDINGS", "SCORES:entropy", "METADATA:device_id", ...
+    raw: float | None
+    objective: float
+    strength: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class PickedSample:
+    rank: int             # 0 = picked first
+    index: int            # row in the pool
+    id: str
+    score: float          # product of the contributions' factors
+    contributions: tuple[Contribution, ...]
+
+
+class StopReason(str, Enum):
+    N_SAMPLES = "n_samples"                    # picked as many as asked
+    EXHAUSTED = "exhausted"                    # nothing left after THRESHOLD and earlier picks
+    MINIMUM_DISTANCE = "minimum_distance"      # everything left is too close to a pick
+    MINIMUM_TYPICALITY = "minimum_typicality"  # everything left is too atypical
+    MAX_SUM = "max_sum"                        # the picks' WEIGHTS input reached its cap
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    picks: tuple[PickedSample, ...]
+    requested: int            # n_samples, or proportion_samples applied to n_candidates
+    n_candidates: int         # pool rows not already selected
+    n_after_thresholds: int   # of those, how many passed every THRESHOLD
+    stop_reason: StopReason
+
+    @property
+    def indices(self) -> list[int]:
+        return [p.index for p in self.picks]
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.picks]
+
+
+# ---- geometry ---------------------------------------------------------------------------
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); an all-zero row has no direction: error."""
+    norms = np.linalg.norm(embeddings, axis=1).astype(np.float32)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise ValueError(f"embeddings row {zero[0]} is all zeros; its distances are undefined")
+    return np.ascontiguousarray(embeddings / norms[:, None], dtype=np.float32)
+
+
+def _dist(dots: np.ndarray) -> np.ndarray:
+    """Euclidean distance between unit vectors from their dot products: sqrt(2 - 2 cos)."""
+    d2 = np.maximum(2.0 - 2.0 * np.asarray(dots, dtype=np.float32), 0.0)
+    d2[d2 < SQUARED_DISTANCE_RESOLUTION] = 0.0
+    return np.sqrt(d2)
+
+
+def _nearest_dot(queries: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per query row, the largest dot product with any base row (exact, FAISS, blocked)."""
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    dots, _ = index.search(queries, 1)
+    return dots[:, 0]
+
+
+def typicality_scores(unit: np.ndarray, k: int, *, rows: np.ndarray | None = None,
+                      exact_max_work: float = EXACT_KNN_MAX_WORK) -> np.ndarray:
+    """TypiClust's typicality of ``rows`` (default: all): 1 / mean Euclidean distance to the k
+    nearest other rows of ``unit`` (self excluded by index, so an exact duplicate counts as a
+    neighbour at 0). Neighbours are searched among all rows whatever ``rows`` is: the density
+    is the whole pool's, only the queries are limited (a big labelled datapool is searched,
+    not scored).
+
+    ``k`` is clipped to N - 1; a lone row gets 1.0. The mean is floored at 1e-3 (the
+    distance resolution), so k duplicates give 1000, not 1/0. Exact up to
+    ``exact_max_work`` (queries * N * D); beyond it, cell-probed neighbours with exact
+    distances. ``unit`` must hold unit-length float32 rows.
+    """
+    n, dim = unit.shape
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if n <= 1:
+        return np.ones(len(rows))
+    k = min(k, n - 1)
+    if float(len(rows)) * n * dim <= exact_max_work:
+        index = faiss.IndexFlatIP(dim)
+        index.add(unit)
+        dots, idx = index.search(np.ascontiguousarray(unit[rows]), k + 1)
+        dists = _drop_self(dots, idx, rows, k)
+    else:
+        dists = _approximate_knn_distances(unit, k, rows)
+    mean = np.maximum(dists.astype(np.float64).mean(axis=1), math.sqrt(SQUARED_DISTANCE_RESOLUTION))
+    return 1.0 / mean
+
+
+def _drop_self(dots: np.ndarray, idx: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """[q, k+1] neighbour lists of ``rows`` (best first) -> [q, k] distances without the row
+    itself. Where the row is absent (more than k exact duplicates outrank it), the last
+    entry goes.
+    """
+    keep = idx != rows[:, None]
+    keep[keep.sum(axis=1) > k, -1] = False
+    return _dist(dots[keep].reshape(len(idx), k))
+
+
+def _approximate_knn_distances(unit: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+    """k nearest-neighbour distances by cell probing, re-ranked with exact dot products.
+
+    k-means (seeded, on a sample) cuts the pool into ~sqrt(N) cells; each cell's members are
+    searched, in one blocked FAISS scan, among the members of the ``_PROBE_CELLS`` cells
+    whose centroids are nearest its own: a tenth of the pool or less, scanned at matrix-
+    multiply speed, which finds the true neighbours of nearly every row (a per-query IVF
+    index probing as much is several times slower). Above 128 dimensions the search runs
+    on a PCA projection fitted on a seeded sample and proposes 2k neighbours, of which the
+    k closest in the full space are kept. Rows left with fewer than k proposals are scanned
+    exactly. Only ``rows`` are searched for; every row is searched among.
+    """
+    n, dim = unit.shape
+    space, proposals = unit, k + 1
+    wanted = np.zeros(n, bool)
+    wanted[rows] = True
+    if dim > _PCA_DIM:
+        rng = np.random.default_rng(_FAISS_SEED)
+        sample = unit[np.sort(rng.choice(n, size=min(n, 16384), replace=False))]
+        mean = sample.mean(axis=0)
+        centred = sample - mean
+        _, vecs = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+        basis = np.ascontiguousarray(vecs[:, ::-1][:, :_PCA_DIM], dtype=np.float32)
+        space = np.ascontiguousarray(unit @ basis - mean @ basis, dtype=np.float32)
+        proposals = 2 * k + 1
+    n_cells = max(1, min(round(math.sqrt(n)), n // 39))
+    kmeans = faiss.Kmeans(space.shape[1], n_cells, niter=10, seed=_FAISS_SEED,
+                          max_points_per_centroid=39, verbose=False)
+    kmeans.train(space)
+    _, assign = kmeans.index.search(space, 1)
+    _, near = faiss.knn(kmeans.centroids, kmeans.centroids, min(_PROBE_CELLS, n_cells))
+    order = np.argsort(assign[:, 0], kind="stable")
+    starts = np.searchsorted(assign[order, 0], np.arange(n_cells + 1))
+    packed = np.ascontiguousarray(space[order])
+    found = np.full((n, proposals), -1, dtype=np.int64)  # filled for wanted rows only
+    for c in range(n_cells):
+        queries = np.arange(starts[c], starts[c + 1])
+        queries = queries[wanted[order[queries]]]
+        if len(queries) == 0:
+            continue
+        cells = [c] + [j for j in near[c] if j != c][: _PROBE_CELLS - 1]
+        positions = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in cells])
+        _, idx = faiss.knn(np.ascontiguousarray(packed[queries]), np.ascontiguousarray(packed[positions]),
+                           min(proposals, len(positions)), metric=faiss.METRIC_L2)
+        found[order[queries], : idx.shape[1]] = np.where(idx >= 0, order[positions[np.maximum(idx, 0)]], -1)
+    del packed, space
+    out = np.empty((len(rows), k), dtype=np.float32)
+    block = max(1, _ROW_BLOCK * 128 // max(dim, 1) // max(proposals // 16, 1))
+    for s in range(0, len(rows), block):
+        these = rows[s : s + block]
+        cand = found[these]
+        bad = (cand < 0) | (cand == these[:, None])
+        dots = np.einsum("rd,rkd->rk", unit[these], unit[np.where(bad, these[:, None], cand)])
+        dots[bad] = -np.inf
+        best = -np.sort(-dots, axis=1)[:, :k]
+        for r in np.flatnonzero(~np.isfinite(best).all(axis=1)):  # under-served: scan everything
+            all_dots = unit @ unit[these[r]]
+            all_dots[these[r]] = -np.inf
+            best[r] = -np.sort(-all_dots)[:k]
+        out[s : s + len(these)] = _dist(best)
+    return out
+
+
+# ---- per-strategy state -----------------------------------------------------------------
+
+
+def _describe(entry: SelectionEntry) -> str:
+    inp = entry.input
+    if isinstance(inp, ScoresInput):
+        return f"SCORES:{inp.score}"
+    if isinstance(inp, MetadataInput):
+        return f"METADATA:{inp.key}"
+    if isinstance(inp, PredictionsInput):
+        return f"PREDICTIONS:{inp.name.value}"
+    if isinstance(inp, RandomInput):
+        return f"RANDOM:{inp.random_seed}"
+    return f"EMBEDDINGS:{inp.tag_name}" if inp.tag_name else "EMBEDDINGS"
+
+
+def _scalar_input(entry: SelectionEntry, pool: SelectionPool, path: str) -> np.ndarray:
+    """The numeric value per pool row (float64, NaN = missing) that WEIGHTS/THRESHOLD read."""
+    inp = entry.input
+    n = len(pool)
+    if isinstance(inp, ScoresInput):
+        if inp.score not in pool.scores:
+            raise SelectionConfigError(f"{path}.input.score", f"the pool has no {inp.score!r} scores "
+                                                              f"(has: {', '.join(sorted(pool.scores)) or 'none'})")
+        return pool.scores[inp.score]
+    if isinstance(inp, RandomInput):
+        return np.random.default_rng(inp.random_seed).random(n)
+    if isinstance(inp, PredictionsInput):
+        if pool.predictions is None:
+            raise SelectionConfigError(f"{path}.input", "the pool has no predictions")
+        missing = [c for c in inp.categories if c not in pool.class_names]
+        if missing:
+            raise SelectionConfigError(f"{path}.input.categories",
+                                       f"unknown class {missing[0]!r} (classes: {', '.join(pool.class_names)})")
+        wanted = np.isin(np.arange(len(pool.class_names)), [pool.class_names.index(c) for c in inp.categories])
+        return wanted[pool.predictions.argmax(axis=1)].astype(np.float64)
+    values = _metadata(pool, inp.key, path)
+    out = np.full(n, np.nan)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SelectionConfigError(f"{path}.input.key",
+                                       f"metadata {inp.key!r} is not numeric (row {i}: {v!r})")
+        out[i] = v
+    return out
+
+
+def _metadata(pool: SelectionPool, key: str, path: str) -> tuple:
+    if key not in pool.metadata:
+        raise SelectionConfigError(f"{path}.input.key", f"metadata key {key!r} is not in the pool "
+                                                        f"(has: {', '.join(sorted(pool.metadata)) or 'none'})")
+    return pool.metadata[key]
+
+
+def _passes(values: np.ndarray, strategy: ThresholdStrategy) -> np.ndarray:
+    t = strategy.threshold
+    with np.errstate(invalid="ignore"):  # NaN (missing) compares False: never passes
+        return {
+            ThresholdOperation.BIGGER: values > t,
+            ThresholdOperation.BIGGER_EQUAL: values >= t,
+            ThresholdOperation.SMALLER: values < t,
+            ThresholdOperation.SMALLER_EQUAL: values <= t,
+        }[strategy.operation]
+
+
+def _weights_objective(values: np.ndarray) -> np.ndarray:
+    """Candidates' values scaled into [0, 1]: v / max when none is negative (ratios kept, so the
+    product is unchanged by the input's unit), min-max otherwise; missing -> 0."""
+    known = ~np.isnan(values)
+    out = np.zeros(len(values))
+    if not known.any():
+        return np.ones(len(values))
+    lo, hi = values[known].min(), values[known].max()
+    if lo >= 0:
+        out[known] = values[known] / hi if hi > 0 else 1.0
+    else:
+        out[known] = (values[known] - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+class _Balance:
+    """The selection's class histogram (datapool + picks) against a target distribution.
+
+    Each sample is a vector over buckets: its class probabilities (predictions), or a one-hot
+    metadata category kept as a bucket code (a missing value is code -1: all zeros, neutral).
+    Buckets are the classes, or for TARGET the named classes plus one "everything else"
+    bucket that holds the remainder of the target.
+    """
+
+    def __init__(self, entry: SelectionEntry, pool: SelectionPool, path: str):
+        strategy: BalanceStrategy = entry.strategy
+        inp = entry.input
+        self.dense: np.ndarray | None = None   # [N, B] for predictions
+        self.codes: np.ndarray | None = None   # [N] bucket per row for metadata, -1 = missing
+        if isinstance(inp, PredictionsInput):
+            if pool.predictions is None:
+                raise SelectionConfigError(f"{path}.input", "the pool has no predictions")
+            sums = pool.predictions.sum(axis=1, keepdims=True)
+            if (sums <= 0).any():
+                raise ValueError(f"predictions row {int(np.flatnonzero(sums[:, 0] <= 0)[0])} sums to 0")
+            names = list(pool.class_names)
+            columns = pool.predictions / sums
+        else:
+            names, codes = self._categories(pool, inp.key, path)
+        if strategy.distribution is BalanceDistribution.TARGET:
+            for name in strategy.target:
+                if name not in names:
+                    raise SelectionConfigError(f"{path}.strategy.target.{name}",
+                                               f"no sample has class {name!r} (classes: {', '.join(names)})")
+            named = [names.index(c) for c in strategy.target]
+            remainder = max(0.0, 1.0 - math.fsum(strategy.target.values()))
+            self.target = np.array([*strategy.target.values(), remainder])
+            if isinstance(inp, PredictionsInput):
+                rest = [j for j in range(len(names)) if j not in named]
+                self.dense = np.column_stack([columns[:, named], columns[:, rest].sum(axis=1)])
+            else:
+                remap = np.full(len(names), len(named), dtype=np.int64)
+                remap[named] = np.arange(len(named))
+                self.codes = np.where(codes >= 0, remap[codes], -1)
+        else:
+            if isinstance(inp, PredictionsInput):
+                self.dense = columns
+            else:
+                self.codes = codes
+            if strategy.distribution is BalanceDistribution.UNIFORM:
+                self.target = np.full(len(names), 1.0 / max(1, len(names)))
+            else:  # INPUT: the pool's own distribution, so the selection stays representative
+                hist = self._histogram(np.ones(len(pool), bool), len(names))
+                self.target = hist / hist.sum() if hist.sum() > 0 else hist
+        self.counts = self._histogram(pool.already_selected, len(self.target))
+
+    @staticmethod
+    def _categories(pool: SelectionPool, key: str, path: str) -> tuple[list[str], np.ndarray]:
+        """Metadata values as category names (str of the value; 3.0 reads as "3") and codes."""
+        names: list[str] = []
+        seen: dict[str, int] = {}
+        codes = np.full(len(pool), -1, dtype=np.int64)
+        for i, v in enumerate(_metadata(pool, key, path)):
+            if v is None:
+                continue
+            if isinstance(v, float) and not v.is_integer():
+                raise SelectionConfigError(f"{path}.input.key", f"metadata {key!r} is numeric "
+                                                                f"(row {i}: {v!r}); BALANCE needs categories")
+            name = str(int(v)) if isinstance(v, float) else str(v)
+            codes[i] = seen.setdefault(name, len(names))
+            if codes[i] == len(names):
+                names.append(name)
+        return names, codes
+
+    def _histogram(self, rows: np.ndarray, n_buckets: int) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[rows].sum(axis=0)
+        codes = self.codes[rows]
+        return np.bincount(codes[codes >= 0], minlength=n_buckets).astype(np.float64)
+
+    def restrict(self, cand: np.ndarray) -> None:
+        """Keep the candidates' rows packed, so each step's scoring reads no other rows."""
+        self.dense_c = None if self.dense is None else np.ascontiguousarray(self.dense[cand])
+        self.codes_c = None if self.codes is None else self.codes[cand]
+
+    def gain(self, positions: np.ndarray) -> np.ndarray:
+        """(target - current distribution) . vector, per candidate position, in [-1, 1]."""
+        total = self.counts.sum()
+        direction = self.target - (self.counts / total if total > 0 else 0.0)
+        if self.dense_c is not None:
+            return self.dense_c[positions] @ direction
+        codes = self.codes_c[positions]
+        return np.where(codes >= 0, direction[codes], 0.0)
+
+    def add(self, row: int) -> None:
+        if self.dense is not None:
+            self.counts = self.counts + self.dense[row]
+        elif self.codes[row] >= 0:
+            self.counts[self.codes[row]] += 1.0
+
+
+# ---- select -----------------------------------------------------------------------------
+
+
+def _log_factor(objective, strength: float):
+    return strength * np.log(np.maximum(objective, OBJECTIVE_FLOOR))
+
+
+def _factor(objective: float, strength: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.exp(strength * math.log(max(objective, OBJECTIVE_FLOOR))))
+
+
+@dataclass
+class _Static:
+    index: int
+    entry: SelectionEntry
+    raw: np.ndarray         # per candidate (NaN = none)
+    objective: np.ndarray   # per candidate
+
+
+def select(config: SelectionConfig, pool: SelectionPool) -> SelectionResult:
+    """Pick samples from ``pool`` as ``config`` asks; deterministic for the same inputs.
+
+    Raises ``SelectionConfigError`` (with the config path) when the config asks for
+    something the pool lacks, ``ValueError`` for unusable data (an all-zero embedding).
+    """
+    candidates = np.flatnonzero(~pool.already_selected)
+    requested = config.samples_for(len(candidates))
+    entries = list(enumerate(config.strategies))
+    paths = {i: f"strategies[{i}]" for i, _ in entries}
+
+    # Every input is checked against the pool before any heavy work starts.
+    needs_embeddings = [i for i, e in entries if isinstance(e.input, EmbeddingsInput)]
+    if needs_embeddings and pool.embeddings is None:
+        raise SelectionConfigError(f"{paths[needs_embeddings[0]]}.input", "the pool has no embeddings")
+    for i, e in entries:
+        if isinstance(e.strategy, SimilarityStrategy) and e.input.tag_name not in pool.tags:
+            raise SelectionConfigError(f"{paths[i]}.input.tag_name",
+                                       f"no tag {e.input.tag_name!r} in the pool (tags: {', '.join(sorted(pool.tags)) or 'none'})")
+    scalars = {i: _scalar_input(e, pool, paths[i]) for i, e in entries
+               if isinstance(e.strategy, (ThresholdStrategy, WeightsStrategy))}
+    balances = {i: _Balance(e, pool, paths[i]) for i, e in entries if isinstance(e.strategy, BalanceStrategy)}
+
+    # 1. THRESHOLD filters.
+    keep = np.ones(len(candidates), bool)
+    for i, e in entries:
+        if isinstance(e.strategy, ThresholdStrategy):
+            keep &= _passes(scalars[i][candidates], e.strategy)
+    cand = candidates[keep]
+    n_after = len(cand)
+
+    unit = _unit(pool.embeddings) if needs_embeddings else None
+    statics: list[_Static] = []
+    too_atypical = np.zeros(len(cand), bool)
+    for i, e in entries:
+        s = e.strategy
+        if isinstance(s, TypicalityStrategy):
+            typ = typicality_scores(unit, s.num_nearest_neighbors, rows=cand)
+            objective = typ / typ.max() if len(typ) else typ
+            statics.append(_Static(i, e, typ, objective))
+            if s.stopping_condition_minimum_typicality is not None:
+                too_atypical |= objective < s.stopping_condition_minimum_typicality
+        elif isinstance(s, WeightsStrategy):
+            raw = scalars[i][cand]
+            statics.append(_Static(i, e, raw, _weights_objective(raw)))
+        elif isinstance(s, SimilarityStrategy):
+            queries = np.ascontiguousarray(unit[pool.tags[e.input.tag_name]])
+            if len(queries) == 0:
+                raise SelectionConfigError(f"{paths[i]}.input.tag_name",
+                                           f"tag {e.input.tag_name!r} holds no samples")
+            dist = _dist(_nearest_dot(np.ascontiguousarray(unit[cand]), queries)).astype(np.float64)
+            statics.append(_Static(i, e, dist, 1.0 - dist / 2.0))
+
+    static_log = np.zeros(len(cand))
+    for st in statics:
+        strength = st.entry.strategy.strength
+        if strength != 0:
+            static_log += _log_factor(st.objective, strength)
+
+    diversities = [(i, e) for i, e in entries if isinstance(e.strategy, DiversityStrategy)]
+    min_distance = max((e.strategy.stopping_condition_minimum_distance or 0.0 for _, e in diversities),
+                       default=0.0)
+    state = _GreedyState(pool, cand, unit if diversities else None, static_log, statics, diversities,
+                         balances, entries, min_distance, too_atypical, requested)
+    lazy = not any(e.strategy.strength != 0 for i, e in entries if i in balances) and \
+        all(e.strategy.strength >= 0 for _, e in diversities)
+    reason = state.run_lazy() if lazy else state.run_eager()
+    return SelectionResult(picks=tuple(state.picks), requested=requested, n_candidates=len(candidates),
+                           n_after_thresholds=n_after, stop_reason=reason)
+
+
+class _GreedyState:
+    """The greedy loop's state: candidates (positions into ``cand``), their nearest-pick
+    distances, the balance histograms and the picks so far."""
+
+    def __init__(self, pool, cand, unit, static_log, statics, diversities, balances, entries,
+                 min_distance, too_atypical, requested):
+        self.pool, self.cand, self.static_log = pool, cand, static_log
+        self.statics, self.diversities, self.balances = statics, diversities, balances
+        self.entries, self.requested = entries, requested
+        self.min_distance = min_distance
+        self.alive = ~too_atypical                 # not picked, not too atypical
+        self.too_atypical = too_atypical
+        self.picked = np.zeros(len(cand), bool)
+        for balance in balances.values():
+            balance.restrict(cand)
+        self.picks: list[PickedSample] = []
+        self.max_sums = [(i, e.strategy.stopping_condition_max_sum, 0.0) for i, e in entries
+                         if isinstance(e.strategy, WeightsStrategy) and e.strategy.stopping_condition_max_sum is not None]
+        self.static_by_index = {st.index: st for st in statics}
+        self.vecs = None
+        if unit is not None:
+            # Candidates' vectors packed once (contiguous), and their distance to the datapool.
+            self.vecs = unit if len(cand) == len(unit) else np.ascontiguousarray(unit[cand])
+            anchors = np.ascontiguousarray(unit[pool.already_selected])
+            self.dist = (_dist(_nearest_dot(self.vecs, anchors)) if len(anchors) and len(cand)
+                         else np.full(len(cand), np.inf, dtype=np.float32))
+            self.pick_vecs = np.empty((max(0, min(requested, len(cand))), unit.shape[1]), np.float32)
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _diversity_objective(self, dist):
+        return np.where(np.isinf(dist), 1.0, np.minimum(dist, 2.0) / 2.0)
+
+    def _dynamic_log(self, positions: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(positions))
+        if self.diversities:
+            objective = self._diversity_objective(self.dist[positions].astype(np.float64))
+            for _, e in self.diversities:
+                if e.strategy.strength != 0:
+                    out += _log_factor(objective, e.strategy.strength)
+        for i, balance in self.balances.items():
+            strength = self.entries[i][1].strategy.strength
+            if strength != 0:
+                out += _log_factor((1.0 + balance.gain(positions)) / 2.0, strength)
+        return out
+
+    # -- picking --------------------------------------------------------------------------
+
+    def _pick(self, j: int) -> bool:
+        """Record position ``j`` as the next pick; returns False when a max-sum cap is hit."""
+        row = int(self.cand[j])
+        contributions = []
+        for i, e in self.entries:
+            s = e.strategy
+            if isinstance(s, ThresholdStrategy):
+                continue
+            if isinstance(s, DiversityStrategy):
+                d = float(self.dist[j])
+                raw, objective = (None if math.isinf(d) else d), float(self._diversity_objective(np.float64(d)))
+            elif isinstance(s, BalanceStrategy):
+                raw = float(self.balances[i].gain(np.array([j]))[0])
+                objective = (1.0 + raw) / 2.0
+            else:
+                st = self.static_by_index[i]
+                raw = None if np.isnan(st.raw[j]) else float(st.raw[j])
+                objective = float(st.objective[j])
+            contributions.append(Contribution(i, s.type.value, _describe(e), raw, objective, s.strength,
+                                              _factor(objective, s.strength)))
+        score = math.prod(c.factor for c in contributions)
+        self.picks.append(PickedSample(len(self.picks), row, self.pool.ids[row], score, tuple(contributions)))
+        self.alive[j] = False
+        self.picked[j] = True
+        for balance in self.balances.values():
+            balance.add(row)
+        if self.vecs is not None:
+            self.pick_vecs[len(self.picks) - 1] = self.vecs[j]
+        capped = False
+        for k, (i, cap, total) in enumerate(self.max_sums):
+            value = self.static_by_index[i].raw[j]
+            total += 0.0 if np.isnan(value) else float(value)
+            self.max_sums[k] = (i, cap, total)
+            capped |= total >= cap
+        return not capped
+
+    def _stop_reason(self) -> StopReason:
+        """Why no candidate is eligible: one not picked and typical enough can only have been
+        ruled out by the minimum distance."""
+        if (~self.picked & ~self.too_atypical).any():
+            return StopReason.MINIMUM_DISTANCE
+        if self.too_atypical.any():
+            return StopReason.MINIMUM_TYPICALITY
+        return StopReason.EXHAUSTED
+
+    def run_eager(self) -> StopReason:
+        """Every step rescores every candidate: needed when an objective can grow again
+        (BALANCE, or DIVERSITY under a negative strength)."""
+        everyone = np.arange(len(self.cand))
+        while len(self.picks) < self.requested:
+            eligible = self.alive.copy()
+            if self.vecs is not None and self.min_distance > 0:
+                eligible &= self.dist >= self.min_distance
+            if not eligible.any():
+                return self._stop_reason()
+            key = np.where(eligible, self.static_log + self._dynamic_log(everyone), -np.inf)
+            j = int(np.argmax(key))
+            if not self._pick(j):
+                return StopReason.MAX_SUM
+            if self.vecs is not None:
+                np.minimum(self.dist, _dist(self.vecs @ self.vecs[j]), out=self.dist)
+        return StopReason.N_SAMPLES
+
+    def run_lazy(self) -> StopReason:
+        """Lazy greedy: every stored key is an upper bound (distances to picks only shrink,
+        nothing else moves), so only keys at the top of the heap are refreshed against the
+        picks made since their last refresh, a batch at a time; a fresh top is exactly the
+        eager argmax, ties to the lowest index because the heap orders by (-key, position).
+        Refreshing a few keys that were not needed yet costs a little and changes nothing."""
+        positions = np.flatnonzero(self.alive)
+        if self.vecs is not None and self.min_distance > 0:
+            positions = positions[self.dist[positions] >= self.min_distance]
+        keys = self.static_log[positions] + self._dynamic_log(positions)
+        heap = list(zip((-keys).tolist(), positions.tolist()))
+        heapq.heapify(heap)
+        fresh_at = np.zeros(len(self.cand), np.int64)  # picks each stored distance accounts for
+        while len(self.picks) < self.requested:
+            made = len(self.picks)
+            if not heap:
+                return self._stop_reason()
+            if fresh_at[heap[0][1]] == made:
+                if not self._pick(heapq.heappop(heap)[1]):
+                    return StopReason.MAX_SUM
+                continue
+            stale, held = [], []
+            while heap and len(stale) < _LAZY_BATCH:
+                item = heapq.heappop(heap)
+                if fresh_at[item[1]] == made:
+                    held.append(item)
+                else:
+                    stale.append(item[1])
+            for item in held:
+                heapq.heappush(heap, item)
+            batch = np.array(stale, dtype=np.int64)
+            if self.vecs is not None:
+                # Picks a candidate has already seen are harmless to see again (min is idempotent).
+                since = self.pick_vecs[int(fresh_at[batch].min()):made]
+                newest = _dist(self.vecs[batch] @ since.T).min(axis=1)
+                self.dist[batch] = np.minimum(self.dist[batch], newest)
+                batch = batch[self.dist[batch] >= self.min_distance]  # too close: gone for good
+            fresh_at[batch] = made
+            keys = self.static_log[batch] + self._dynamic_log(batch)
+            for item in zip((-keys).tolist(), batch.tolist()):
+                heapq.heappush(heap, item)
+        return StopReason.N_SAMPLES
+
+
+# ---- metrics ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetMetrics:
+    """How well ``n`` picks represent a pool (cosine distance 1 - cos throughout).
+
+    diversity: mean distance from each pick to its nearest other pick (higher = more spread;
+    0 with fewer than two picks). coverage_mean / coverage_max: mean and max over every pool
+    sample of the distance to its nearest pick (lower = better covered; k-center minimises the
+    max). class_balance: normalised entropy of the picks' labels over the pool's classes (1 =
+    even), None without labels.
+    """
+
+    n: int
+    diversity: float
+    coverage_mean: float
+    coverage_max: float
+    class_balance: float | None
+
+
+@dataclass(frozen=True)
+class SelectionMetrics:
+    """A selection's metrics next to a seeded random pick of the same size."""
+
+    picked: SetMetrics
+    random: SetMetrics
+
+    @property
+    def diversity_ratio(self) -> float:
+        """picked / random diversity: > 1 means more spread out than chance."""
+        return _ratio(self.picked.diversity, self.random.diversity)
+
+    @property
+    def coverage_mean_ratio(self) -> float:
+        """random / picked mean coverage distance: > 1 means better covered than chance."""
+        return _ratio(self.random.coverage_mean, self.picked.coverage_mean)
+
+    @property
+    def coverage_max_ratio(self) -> float:
+        return _ratio(self.random.coverage_max, self.picked.coverage_max)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else (1.0 if a == b else math.inf)
+
+
+def _cosine(dots: np.ndarray) -> np.ndarray:
+    d = np.clip(1.0 - dots.astype(np.float64), 0.0, 2.0)
+    d[d < SQUARED_DISTANCE_RESOLUTION / 2] = 0.0  # same float32 noise floor as the selection
+    return d
+
+
+def set_metrics(embeddings, idx, labels=None) -> SetMetrics:
+    """Metrics of the rows ``idx`` of ``embeddings`` (see ``SetMetrics``)."""
+    unit = _unit(np.ascontiguousarray(embeddings, dtype=np.float32))
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) == 0:
+        return SetMetrics(0, 0.0, 2.0, 2.0, None if labels is None else 0.0)
+    if len(np.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= len(unit):
+        raise ValueError("picked indices must be distinct rows of embeddings")
+    picked = np.ascontiguousarray(unit[idx])
+    coverage = _cosine(_nearest_dot(unit, picked))
+    diversity = 0.0
+    if len(idx) > 1:
+        index = faiss.IndexFlatIP(picked.shape[1])
+        index.add(picked)
+        dots, nn = index.search(picked, 2)
+        own = nn == np.arange(len(idx))[:, None]
+        other = np.where(own[:, 0], dots[:, 1], dots[:, 0])  # drop self by index, not value
+        diversity = float(_cosine(other).mean())
+    balance = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(unit),):
+            raise ValueError(f"labels must have shape ({len(unit)},), got {labels.shape}")
+        classes = np.unique(labels)
+        if len(classes) < 2:
+            balance = 1.0
+        else:
+            counts = np.array([(labels[idx] == c).sum() for c in classes], dtype=np.float64)
+            p = counts[counts > 0] / counts.sum()
+            balance = float(-(p * np.log(p)).sum() / math.log(len(classes)))
+    return SetMetrics(len(idx), diversity, float(coverage.mean()), float(coverage.max()), balance)
+
+
+def selection_metrics(embeddings, picked_idx, labels=None, rng: np.random.Generator | int = 0) -> SelectionMetrics:
+    """``set_metrics`` of the picks and of a random pick of the same size (seeded by ``rng``)."""
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    n_rows = len(embeddings)
+    random_idx = gen.choice(n_rows, size=min(len(picked_idx), n_rows), replace=False)
+    return SelectionMetrics(picked=set_metrics(embeddings, picked_idx, labels),
+                            random=set_metrics(embeddings, random_idx, labels))
