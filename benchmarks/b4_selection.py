@@ -36,10 +36,9 @@ import numpy as np
 from cloud_selector.selection_config import parse_selection_config
 from cloud_selector.selection_engine import (
     SelectionPool,
-    SetMetrics,
     select,
-    set_metrics,
 )
+from cloud_selector.selection_metrics import SetMetrics, set_metrics
 
 CONFIG = {
     "n_samples": None,  # filled in per run

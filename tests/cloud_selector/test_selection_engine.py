@@ -24,10 +24,9 @@ from cloud_selector.selection_engine import (
     SelectionPool,
     StopReason,
     select,
-    selection_metrics,
-    set_metrics,
     typicality_scores,
 )
+from cloud_selector.selection_metrics import selection_metrics, set_metrics
 
 
 def at(*degrees: float) -> np.ndarray:
