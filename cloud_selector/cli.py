@@ -12,14 +12,19 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.bundle import BundleError, InputSpec
+
+if TYPE_CHECKING:
+    from cloud_selector.rounds import RoundConfig
 
 log = logging.getLogger("cloud_selector")
 
@@ -49,6 +54,7 @@ def open_services(data_dir: Path, *, catalog_url: str = "", blob_store: str = ""
 def cmd_serve(args, s: Services) -> int:
     from cloud_selector.auth import AllowUnauthenticated, DeviceAuthenticator
     from cloud_selector.ingest import RateLimit
+    from cloud_selector.scheduler import Schedule, SelectionScheduler
     from cloud_selector.server import ServerTls, TlsConfigError, create_server
 
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
@@ -66,6 +72,9 @@ def cmd_serve(args, s: Services) -> int:
     except TlsConfigError as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
+    schedule = Schedule(every_n=args.select_every_n, every_s=args.select_every_min * 60, poll_s=args.select_poll)
+    scheduler = SelectionScheduler(s.catalog, s.blobs, s.registry, round_config(args), schedule,
+                                   replica=args.replica_name or f"{socket.gethostname()}:{os.getpid()}")
     auth = AllowUnauthenticated() if args.allow_unauthenticated else DeviceAuthenticator(s.catalog)
     running = create_server(args.grpc_address, catalog=s.catalog, blobs=s.blobs, auth=auth, tls=tls,
                             max_workers=args.max_workers, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
@@ -88,6 +97,8 @@ def cmd_serve(args, s: Services) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if schedule.enabled:
+        threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True).start()
     stop.wait()
     if health is not None:
         health.stop()
@@ -129,31 +140,47 @@ def _utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def round_config(args) -> RoundConfig:
+    """The selection a `select` or a scheduled round runs: --config FILE (LightlyOne's JSON
+    schema) or the typicality x diversity default from the flags. Raises SelectionConfigError."""
+    from cloud_selector.rounds import RoundConfig
+    from cloud_selector.selection_config import SelectionConfigError
+
+    selection = None
+    if args.config:
+        try:
+            selection = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SelectionConfigError(f"{args.config}: not a readable JSON selection config ({exc})") from exc
+    config = RoundConfig(n_samples=args.n, duplicate_distance=args.duplicate_distance,
+                         typicality_strength=args.typicality_strength, diversity_strength=args.diversity_strength,
+                         num_nearest_neighbors=args.k, selection=selection)
+    config.selection_config()
+    return config
+
+
 def cmd_select(args, s: Services) -> int:
-    from cloud_selector.rounds import RoundConfig, run_round
+    from cloud_selector.rounds import run_round
 
-    result = run_round(s.catalog, s.blobs, s.registry, RoundConfig(
-        n_samples=args.n, duplicate_distance=args.duplicate_distance, typicality_strength=args.typicality_strength,
-        diversity_strength=args.diversity_strength, num_nearest_neighbors=args.k))
+    result = run_round(s.catalog, s.blobs, s.registry, round_config(args))
+    ratios = {k: round(v, 3) for k, v in result.metrics.items() if k.endswith("_ratio")}
     print(json.dumps({"run_id": result.run_id, "model_version": result.model_version, "pool": result.pool_size,
-                      "duplicates": result.duplicates, "selected": len(result.selected)}))
+                      "duplicates": result.duplicates, "selected": len(result.selected), **ratios}))
     return 0
 
 
-def cmd_labels(args, s: Services) -> int:
-    from cloud_selector.labels import export_queue, import_image_folder, read_labels_csv
-
-    if args.action == "import":
-        n = s.catalog.set_labels(read_labels_csv(args.path))
-        print(f"labeled {n} candidates")
-    elif args.action == "import-folder":
-        result = import_image_folder(s.catalog, s.blobs, args.path)
-        print(f"imported {result.imported} labeled images ({result.already_present} already present, "
-              f"{len(result.unreadable)} unreadable)")
-    else:
-        n = export_queue(s.catalog, args.path)
-        print(f"wrote {n} queued candidates to {args.path}")
-    return 0
+def add_selection_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The options of one selection round, shared by `select` and `serve`'s schedule."""
+    p.add_argument(f"--{prefix}config", dest="config", type=Path, metavar="SEL.json",
+                   help="a LightlyOne selection config (n_samples | proportion_samples, strategies); overrides "
+                        "the typicality x diversity default below")
+    p.add_argument(f"--{prefix}n", dest="n", type=int, default=50, help="how many to select (default 50)")
+    p.add_argument("--duplicate-distance", type=float, default=0.2,
+                   help="shift-tolerant appearance distance (RMS of standardised grey thumbnails) under which a "
+                        "candidate repeats an earlier one or a labeled one (default 0.2)")
+    p.add_argument("--typicality-strength", type=float, default=1.0)
+    p.add_argument("--diversity-strength", type=float, default=1.0)
+    p.add_argument("--k", type=int, default=10, help="neighbours for typicality (default 10)")
 
 
 def cmd_train(args, s: Services) -> int:
@@ -199,6 +226,8 @@ def cmd_status(args, s: Services) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cloud_selector.label_commands import add_labels_parser
+
     parser = argparse.ArgumentParser(
         prog="cloud-selector",
         description="The cloud side of edgeflywheel: ingest candidates from devices over gRPC, drop near-duplicates, "
@@ -241,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the device retries later (default 50, 0 = no limit)")
     p.add_argument("--rate-burst", type=int, default=200, metavar="N",
                    help="candidates a device may send at once above the rate (default 200)")
+    p.add_argument("--select-every-n", type=int, default=0, metavar="N",
+                   help="run a selection round whenever N new candidates arrived since the last one (default 0 = "
+                        "off); with several replicas one runs it (a catalog lock)")
+    p.add_argument("--select-every-min", type=float, default=0.0, metavar="M",
+                   help="run a selection round every M minutes when new candidates arrived (default 0 = off)")
+    p.add_argument("--select-poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--replica-name", default="", help="name recorded on the selection runs this process makes "
+                                                      "(default host:pid)")
+    add_selection_arguments(p, prefix="select-")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("devices", help="enrol, list or revoke devices and their tokens",
@@ -256,27 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("select", help="run one selection round over the pool",
-                       description="Drop near-duplicates of anything already pooled, selected or labeled, then pick "
-                                   "N candidates greedily by typicality x k-center diversity; picks enter the "
-                                   "labeling queue.")
-    p.add_argument("--n", type=int, default=50, help="how many to select (default 50)")
-    p.add_argument("--duplicate-distance", type=float, default=0.2,
-                   help="shift-tolerant appearance distance (RMS of standardised grey thumbnails) under which a "
-                        "candidate repeats an earlier one or a labeled one (default 0.2)")
-    p.add_argument("--typicality-strength", type=float, default=1.0)
-    p.add_argument("--diversity-strength", type=float, default=1.0)
-    p.add_argument("--k", type=int, default=10, help="neighbours for typicality (default 10)")
+                       description="Drop near-duplicates of anything already pooled, selected or labeled, then select "
+                                   "with a LightlyOne selection config (--config; strategies DIVERSITY, TYPICALITY, "
+                                   "WEIGHTS, THRESHOLD, BALANCE, SIMILARITY over EMBEDDINGS, SCORES, PREDICTIONS, "
+                                   "METADATA, RANDOM) or, by default, N candidates greedily by typicality x k-center "
+                                   "diversity. Picks enter the labeling queue; the run is recorded with each pick's "
+                                   "reasons and the selection's metrics against random picks. Prints a JSON summary.")
+    add_selection_arguments(p)
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("labels", help="import labels, or export the labeling queue",
-                       description="import FILE.csv (candidate_id,label) | import-folder ROOT (ROOT/<label>/<image>) "
-                                   "| export-queue OUT.csv")
-    p.add_argument("action", choices=["import", "import-folder", "export-queue"],
-                   help="import: set labels from a CSV with columns candidate_id,label (all or nothing); "
-                        "import-folder: add already-labeled images from ROOT/<label>/<image>; "
-                        "export-queue: write the selected-but-unlabeled candidates to a CSV")
-    p.add_argument("path", type=Path, help="the CSV file or image folder")
-    p.set_defaults(func=cmd_labels)
+    add_labels_parser(sub)
 
     p = sub.add_parser("train", help="retrain on all labels and publish the next model version",
                        description="Train the small CNN on every labeled candidate, export ONNX (checked, parity "
@@ -306,10 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader announces CPU features at INFO
     from cloud_selector.blobstore import BlobError
     from cloud_selector.catalog import UnknownCandidates
     from cloud_selector.labels import LabelFileError
     from cloud_selector.s3store import S3ConfigError
+    from cloud_selector.selection_config import SelectionConfigError
     from cloud_selector.trainer import ExportError, TrainingError
 
     if args.command == "models" and args.action in ("publish", "export") and args.bundle is None:
@@ -318,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, open_services(args.data_dir, catalog_url=args.catalog, blob_store=args.blob_store))
     except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
-            S3ConfigError, OSError) as exc:
+            S3ConfigError, SelectionConfigError, OSError) as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -207,6 +208,14 @@ class S3BlobStore:
         name = self._name(key)
         with self._s3_errors("delete", key):
             self._client.remove_object(self.settings.bucket, name)
+
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A URL that lets whoever holds it GET `key` for `expires_s` seconds (S3 allows at most
+        7 days) without credentials: how a labeling tool loads images from a private bucket.
+        Signing is local; minio asks the server for the bucket's region once when none is set."""
+        with self._s3_errors("presign", key):
+            return self._client.presigned_get_object(self.settings.bucket, self._name(key),
+                                                     expires=timedelta(seconds=expires_s))
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with `prefix` (a plain string prefix, e.g. "candidates/"), in byte order.

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cloud_selector.auth import enroll_device
 from cloud_selector.cli import Services, open_services
 from cloud_selector.dedup import DEFAULT_APPEARANCE_THRESHOLD
-from cloud_selector.labels import export_queue, read_labels_csv
+from cloud_selector.label_queue import export_queue, import_labels
 from cloud_selector.retrain import retrain
 from cloud_selector.rounds import RoundConfig, run_round
 from cloud_selector.trainer import TrainConfig
@@ -170,22 +170,30 @@ class Demo:
             time.sleep(0.2)
 
     def _oracle_labels(self, services: Services, class_names: tuple[str, ...], round_no: int) -> int:
-        """Label the queue from ground truth, through the same CSV files a labeling team uses."""
+        """Label the queue from ground truth, through the same files a labeling team uses: the
+        queue exported as CSV (which marks it in_labeling for "oracle"), a labels CSV filled in
+        from each frame's ground truth, imported like any labeler's. Held-out classes are new
+        when they first appear, so the import allows new classes (the next model grows its head)."""
         queue_csv = self.out / "labeling" / f"queue-{round_no:02d}.csv"
         labels_csv = self.out / "labeling" / f"labels-{round_no:02d}.csv"
         queue_csv.parent.mkdir(parents=True, exist_ok=True)
-        export_queue(services.catalog, queue_csv)
+        exported = export_queue(services.catalog, services.blobs, "csv", queue_csv, assignee="oracle")
+        # Where each frame came from (device, video, frame index) is candidate metadata, not a CSV column.
+        rows = {r.id: r for r in services.catalog.candidates(ids=exported.candidate_ids)}
         truth_cache: dict[Path, dict] = {}
         with open(queue_csv, newline="") as f, open(labels_csv, "w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(["candidate_id", "label"])
-            for row in csv.DictReader(f):
-                meta = json.loads(row["metadata"])
-                sidecar = (self.out / "devices" / row["device_id"] / "inbox" / meta["source"]).with_suffix(".json")
+            for queued in csv.DictReader(f):
+                row = rows[queued["candidate_id"]]
+                sidecar = (self.out / "devices" / row.device_id / "inbox" / row.extra["source"]).with_suffix(".json")
                 truth = truth_cache.setdefault(sidecar, load_ground_truth(sidecar))
-                label, _item = truth[int(meta["frame_index"])]
-                writer.writerow([row["candidate_id"], label_name(class_names[label])])
-        return services.catalog.set_labels(read_labels_csv(labels_csv))
+                label, _item = truth[int(row.extra["frame_index"])]
+                writer.writerow([row.id, label_name(class_names[label])])
+        result = import_labels(services.catalog, "csv", labels_csv, allow_new_classes=True, annotator="oracle")
+        if result.refused:  # the oracle writes only known ids and clean labels: a refusal is a bug
+            raise RuntimeError(f"the oracle's labels were refused: {result.summary()}")
+        return len(result.labels)
 
     def run(self) -> dict:
         started = time.monotonic()

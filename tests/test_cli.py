@@ -80,8 +80,19 @@ def test_cloud_label_file_errors(tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("id,label\nx,y\n")
     assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(bad)), "candidate_id,label")
+    # A readable file with wrong rows is not a usage error: exit 1, each refused row on its own line.
     bad.write_text("candidate_id,label\n6f1d8c8e-4a43-4f2e-9d8e-2f4f1f0b7a11,cat\n")
-    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(bad)), "unknown candidate")
+    refused = run("cloud_selector", "--data-dir", data, "labels", "import", str(bad))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "refused line 2: unknown candidate id '6f1d8c8e-4a43-4f2e-9d8e-2f4f1f0b7a11'" in refused.stdout.splitlines()
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(tmp_path / "gone.json")),
+                          "no such file")
+    (tmp_path / "labels.xlsx").write_bytes(b"PK")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "import", str(tmp_path / "labels.xlsx")),
+                          "cannot tell the format", "--format")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "requeue", "--older-than-min", "-5"),
+                          "--older-than-min must be 0 or more")
+    assert_one_line_error(run("cloud_selector", "--data-dir", data, "labels", "history", "nope"), "no candidate 'nope'")
     assert_one_line_error(run("cloud_selector", "--data-dir", data, "select"), "no published model")
     assert_one_line_error(run("cloud_selector", "--data-dir", data, "train", "--quiet"), "no labeled candidates")
 
