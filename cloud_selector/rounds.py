@@ -39,6 +39,8 @@ class RoundConfig:
     n_samples: int = 50
     # Shift-tolerant appearance distance under which a candidate repeats another (see dedup.py).
     duplicate_distance: float = DEFAULT_APPEARANCE_THRESHOLD
+    # Cosine distance between embeddings a repeat must also be within (0 = the k nearest).
+    duplicate_embedding_distance: float = 0.0
     typicality_strength: float = 1.0
     diversity_strength: float = 1.0
     num_nearest_neighbors: int = 10
@@ -131,7 +133,8 @@ def run_round(catalog: Catalog, blobs: BlobStore, registry: Registry, config: Ro
     ref_frames = [decode_jpeg(blobs.get(r.blob_key)) for r in reference]
     (pool_emb, pool_probs), (ref_emb, ref_probs) = embed(pool, pool_frames, model), embed(reference, ref_frames, model)
     pool_sig, ref_sig = signatures(pool_frames), signatures(ref_frames)
-    dup_of = find_repeats(pool_emb, ref_emb, pool_sig, ref_sig, appearance_threshold=config.duplicate_distance)
+    dup_of = find_repeats(pool_emb, ref_emb, pool_sig, ref_sig, appearance_threshold=config.duplicate_distance,
+                          embedding_threshold=config.duplicate_embedding_distance)
     everyone = reference + pool
     duplicates = [(pool[i].id, everyone[j].id if j < len(reference) else pool[j - len(reference)].id)
                   for i, j in enumerate(dup_of) if j >= 0]
