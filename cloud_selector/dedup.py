@@ -28,6 +28,7 @@ from edge_agent.scoring import l2_normalize
 
 DEFAULT_APPEARANCE_THRESHOLD = 0.2
 DEFAULT_NEIGHBOURS = 10
+PAIR_CHUNK = 8192
 
 
 def find_repeats(pool_emb: np.ndarray, ref_emb: np.ndarray, pool_sig: np.ndarray, ref_sig: np.ndarray, *,
@@ -58,7 +59,10 @@ def find_repeats(pool_emb: np.ndarray, ref_emb: np.ndarray, pool_sig: np.ndarray
     i_idx, j_idx = np.asarray(i_idx, np.int64), np.asarray(j_idx, np.int64)
     if appearance_threshold > 0:
         everyone_sig = np.concatenate([ref_sig, pool_sig]) if m else pool_sig
-        distance = pair_distances(pool_sig[i_idx], everyone_sig[j_idx], max_shift) if len(i_idx) else np.zeros(0)
+        # In chunks: a pair's two signatures take 25 kB, and 100k items have a million pairs.
+        distance = np.concatenate([np.zeros(0, np.float32)] + [
+            pair_distances(pool_sig[i_idx[c:c + PAIR_CHUNK]], everyone_sig[j_idx[c:c + PAIR_CHUNK]], max_shift)
+            for c in range(0, len(i_idx), PAIR_CHUNK)])
         threshold = appearance_threshold
     else:
         distance, threshold = np.asarray(cosine), np.inf
