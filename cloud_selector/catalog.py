@@ -268,6 +268,7 @@ class CandidateRow:
     height: int = 0
     assigned_to: str | None = None  # set while in_labeling
     assigned_ms: int | None = None
+    received_ms: int = 0
 
     @classmethod
     def from_row(cls, r) -> "CandidateRow":
@@ -276,7 +277,7 @@ class CandidateRow:
             blob_key=r.blob_key, embedding=unpack_floats(r.embedding), probabilities=unpack_floats(r.probabilities),
             scores={k: getattr(r, k) for k in ("least_confidence", "margin", "entropy", "novelty", "combined")},
             reason=r.reason, extra=json.loads(r.extra), state=r.state, label=r.label, width=r.width,
-            height=r.height, assigned_to=r.assigned_to, assigned_ms=r.assigned_ms,
+            height=r.height, assigned_to=r.assigned_to, assigned_ms=r.assigned_ms, received_ms=r.received_ms,
         )
 
 

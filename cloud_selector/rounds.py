@@ -9,6 +9,7 @@ versions, imported images) is re-embedded here from its JPEG with the current bu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass
 
@@ -146,12 +147,16 @@ def run_round(catalog: Catalog, blobs: BlobStore, registry: Registry, config: Ro
     probs = np.concatenate([pool_probs[keep], ref_probs]) if rows else np.zeros((0, len(model.classes)))
     result = select(selection, selection_pool(rows, emb, probs, len(reference), model.classes)) if keep else None
     picks = result.picks if result else ()
-    metrics = {}
+    # The pool this run saw, compactly: its size, its newest arrival and a digest of its ids
+    # (what a later audit compares against without storing 100k ids per run).
+    metrics: dict = {"pool": {"size": len(pool), "after_duplicates": len(keep), "reference": len(reference),
+                              "newest_received_ms": max((r.received_ms for r in pool), default=0),
+                              "ids_sha256": hashlib.sha256("\n".join(sorted(r.id for r in pool)).encode()).hexdigest()}}
     if keep and picks:
         m = selection_metrics(emb[:len(keep)], [p.index for p in picks], probs[:len(keep)].argmax(axis=1), rng=0)
-        metrics = {"picked": asdict(m.picked), "random": asdict(m.random), "diversity_ratio": m.diversity_ratio,
-                   "coverage_mean_ratio": m.coverage_mean_ratio, "coverage_max_ratio": m.coverage_max_ratio,
-                   "stop_reason": result.stop_reason.value}
+        metrics |= {"picked": asdict(m.picked), "random": asdict(m.random), "diversity_ratio": m.diversity_ratio,
+                    "coverage_mean_ratio": m.coverage_mean_ratio, "coverage_max_ratio": m.coverage_max_ratio,
+                    "stop_reason": result.stop_reason.value}
     pick_rows = [{"candidate_id": p.id, "rank": p.rank, "typicality": float(_contribution(p, "TYPICALITY")),
                   "min_distance": float(_contribution(p, "DIVERSITY")), "score": float(p.score),
                   "contributions": [asdict(c) for c in p.contributions]} for p in picks]

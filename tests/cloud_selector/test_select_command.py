@@ -36,6 +36,7 @@ def test_lightly_configs_run_unchanged_and_runs_explain_their_picks(fashion_trai
 
     run = services.catalog.latest_selection_run()
     assert run["config"]["n_samples"] == 5 and run["metrics"]["picked"]["n"] == 5
+    assert run["metrics"]["pool"]["size"] == 40 and len(run["metrics"]["pool"]["ids_sha256"]) == 64
     picks = services.catalog.selection_picks(run["id"])
     assert [p["rank"] for p in picks] == list(range(5))
     assert all(p["contributions"][0]["strategy"] == "DIVERSITY" for p in picks)
