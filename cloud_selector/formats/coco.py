@@ -33,6 +33,7 @@ from cloud_selector.formats.records import (
     RefusedRow,
     check_classes,
     check_export_label,
+    read_json_file,
     validate_labels,
     write_text_atomic,
 )
@@ -72,13 +73,7 @@ def write_coco(path: Path, items: Sequence[QueueItem], classes: Sequence[str], *
 
 def read_coco(path: Path, known_ids: set[str], classes: Sequence[str], **options: Any) -> ImportResult:
     """Read a COCO JSON file and validate its labels (options as `import_coco`)."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except FileNotFoundError as exc:
-        raise FormatError(f"{path}: no such file") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not a JSON file ({exc})") from exc
-    return import_coco(doc, known_ids, classes, **options)
+    return import_coco(read_json_file(path), known_ids, classes, **options)
 
 
 def import_coco(doc: dict[str, Any], known_ids: set[str], classes: Sequence[str], *,

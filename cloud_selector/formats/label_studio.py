@@ -40,6 +40,7 @@ from cloud_selector.formats.records import (
     RefusedRow,
     check_classes,
     check_export_label,
+    read_json_file,
     top_prediction,
     validate_labels,
     write_text_atomic,
@@ -96,13 +97,7 @@ def _choice_region(label: str, from_name: str, to_name: str) -> dict[str, Any]:
 
 def read_export(path: Path, known_ids: set[str], classes: Sequence[str], **options: Any) -> ImportResult:
     """Read a Label Studio JSON export file and validate it (options as `import_export`)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except FileNotFoundError as exc:
-        raise FormatError(f"{path}: no such file") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not a JSON file ({exc})") from exc
-    return import_export(data, known_ids, classes, **options)
+    return import_export(read_json_file(path), known_ids, classes, **options)
 
 
 def import_export(data: list[dict[str, Any]], known_ids: set[str], classes: Sequence[str], *,

@@ -22,11 +22,13 @@ raises `FormatError` (see the package docstring for the exception tree).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MAX_LABEL_CHARS = 128
 # How many class names a refusal reason lists before it abbreviates (a 1000-class model would
@@ -250,6 +252,17 @@ def _label_problem(label: str) -> str | None:
     if not label.isprintable():
         return f"label {label!r} has non-printable characters"
     return None
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content; FormatError (nothing imported) when it is missing or not JSON.
+    Exports from Windows tools often start with a BOM: utf-8-sig accepts both."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as exc:
+        raise FormatError(f"{path}: no such file") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: not a JSON file ({exc})") from exc
 
 
 def write_text_atomic(path: Path, text: str) -> None:
