@@ -37,6 +37,15 @@ COLUMNS = ("candidate_id", "image_url", "predicted_label", "predicted_score", "l
 REQUIRED = ("candidate_id", "label")
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet will not run: a leading =, +, -, @ (formula injection) gets a
+    quote, as OWASP recommends for CSV exports opened in Excel or LibreOffice."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def export_rows(items: Sequence[QueueItem], classes: Sequence[str]) -> list[dict[str, str]]:
     """One row per item, keyed by `COLUMNS`; the score has 4 decimals, empty without predictions."""
     names = check_classes(classes)
@@ -44,9 +53,9 @@ def export_rows(items: Sequence[QueueItem], classes: Sequence[str]) -> list[dict
     for item in items:
         check_export_label(item, names)
         top = top_prediction(item.predicted, names)
-        rows.append({"candidate_id": item.candidate_id, "image_url": item.image_url,
-                     "predicted_label": top[0] if top else "", "predicted_score": f"{top[1]:.4f}" if top else "",
-                     "label": item.label or ""})
+        rows.append({"candidate_id": item.candidate_id, "image_url": _cell(item.image_url),
+                     "predicted_label": _cell(top[0]) if top else "",
+                     "predicted_score": f"{top[1]:.4f}" if top else "", "label": _cell(item.label or "")})
     return rows
 
 

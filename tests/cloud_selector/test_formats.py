@@ -485,3 +485,13 @@ def test_csv_unreadable_files_raise(tmp_path):
     path.write_bytes(b"candidate_id,label\nx,chat\xe9\n")
     with pytest.raises(FormatError, match="not UTF-8"):
         csv_rows.read_csv(path, KNOWN, CLASSES)
+
+
+def test_csv_export_defuses_spreadsheet_formulas():
+    from cloud_selector.formats import QueueItem
+    from cloud_selector.formats.csv_rows import export_rows
+
+    item = QueueItem(candidate_id="6f1d8c8e-4a43-4f2e-9d8e-2f4f1f0b7a11", image_url="=HYPERLINK(\"http://x\")",
+                     file_name="a.jpg", width=1, height=1, predicted={"+cmd": 1.0}, label="@SUM(A1)")
+    row = export_rows([item], ["+cmd", "@SUM(A1)"])[0]
+    assert row["image_url"].startswith("'=") and row["predicted_label"] == "'+cmd" and row["label"] == "'@SUM(A1)"
