@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from cloud_selector.selection_engine import (
+from cloud_selector.selection_geometry import (
     SQUARED_DISTANCE_RESOLUTION,
-    _nearest_dot,
-    _unit,
+    nearest_dot,
+    unit_vectors,
 )
 
 
@@ -69,14 +69,14 @@ def _cosine(dots: np.ndarray) -> np.ndarray:
 
 def set_metrics(embeddings, idx, labels=None) -> SetMetrics:
     """Metrics of the rows ``idx`` of ``embeddings`` (see ``SetMetrics``)."""
-    unit = _unit(np.ascontiguousarray(embeddings, dtype=np.float32))
+    unit = unit_vectors(np.ascontiguousarray(embeddings, dtype=np.float32))
     idx = np.asarray(idx, dtype=np.int64)
     if len(idx) == 0:
         return SetMetrics(0, 0.0, 2.0, 2.0, None if labels is None else 0.0)
     if len(np.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= len(unit):
         raise ValueError("picked indices must be distinct rows of embeddings")
     picked = np.ascontiguousarray(unit[idx])
-    coverage = _cosine(_nearest_dot(unit, picked))
+    coverage = _cosine(nearest_dot(unit, picked))
     diversity = 0.0
     if len(idx) > 1:
         index = faiss.IndexFlatIP(picked.shape[1])
