@@ -1,7 +1,8 @@
 """`cloud-selector`: the cloud service's command line. All wiring happens here.
 
 State lives in one data directory (--data-dir, or $CLOUD_SELECTOR_DATA_DIR): catalog.sqlite
-(the catalog), blobs/ (images and model bundles), cache/ (local copies of bundles).
+(the catalog), blobs/ (images and model bundles), cache/ (local copies of bundles), keys/ (the
+key that signs published bundles; see cloud_selector/keys.py).
 """
 
 from __future__ import annotations
@@ -40,15 +41,26 @@ def open_services(data_dir: Path, *, catalog_url: str = "", blob_store: str = ""
                   env: Mapping[str, str] | None = None) -> Services:
     """The catalog (a SQLite file in `data_dir` unless `catalog_url` names a database), the blob
     store (`data_dir/blobs` unless `blob_store` is another directory or s3://bucket/prefix, with
-    the S3 endpoint and keys from CLOUD_SELECTOR_S3_* in `env`) and the registry's local cache."""
+    the S3 endpoint and keys from CLOUD_SELECTOR_S3_* in `env`) and the registry, with its local
+    cache and signing key (`data_dir/keys`, or CLOUD_SELECTOR_SIGNING_KEY in `env`; made at the
+    first publish of an embedded SQLite data dir, never for a shared catalog: cloud_selector/keys.py)."""
+    from functools import partial
+
     from cloud_selector.catalog import Catalog
+    from cloud_selector.keys import SIGNING_KEY_ENV, create_signing_key, open_signing_key, private_key_path
     from cloud_selector.registry import Registry
     from cloud_selector.s3store import open_blob_store
 
+    env = os.environ if env is None else env
     data_dir.mkdir(parents=True, exist_ok=True)
+    signing_key = open_signing_key(data_dir, env)  # before anything opens: a bad key file stops the command
+    embedded = not catalog_url and not env.get(SIGNING_KEY_ENV)
     catalog = Catalog.open(catalog_url) if catalog_url else Catalog.sqlite(data_dir / "catalog.sqlite")
-    blobs = open_blob_store(blob_store or str(data_dir / "blobs"), os.environ if env is None else env)
-    return Services(catalog, blobs, Registry(catalog, blobs, data_dir / "cache" / "models"))
+    blobs = open_blob_store(blob_store or str(data_dir / "blobs"), env)
+    registry = Registry(catalog, blobs, data_dir / "cache" / "models", signing_key=signing_key,
+                        create_signing_key=partial(create_signing_key, private_key_path(data_dir, env)) if embedded
+                        else None)
+    return Services(catalog, blobs, registry)
 
 
 def cmd_serve(args, s: Services) -> int:
@@ -207,7 +219,9 @@ def cmd_train(args, s: Services) -> int:
 def cmd_models(args, s: Services) -> int:
     if args.action == "publish":
         manifest = s.registry.publish(args.bundle)
-        print(f"published {manifest.name} v{manifest.version}")
+        key = s.registry.signing_key
+        print(f"published {manifest.name} v{manifest.version} "
+              f"({f'signed by key {key.key_id}' if key else 'UNSIGNED: no signing key, see `keys init`'})")
         return 0
     if args.action == "export":
         latest = s.registry.latest()
@@ -222,6 +236,35 @@ def cmd_models(args, s: Services) -> int:
     for m in s.catalog.list_models():
         print(f"v{m['version']}\t{m['name']}\tparent v{m['parent_version']}\t{len(m['manifest']['classes'])} classes\t"
               f"labels {m['manifest'].get('label_set', {}).get('count', '?')}")
+    return 0
+
+
+def cmd_keys(args, env: Mapping[str, str]) -> int:
+    """Runs without `open_services`, which would create the key that `init` is asked to make."""
+    from cloud_selector.keys import describe, init_keys, load_signing_key, private_key_path, public_key_path
+    from edge_agent.signing import save_public_key
+
+    path = private_key_path(args.data_dir, env)
+    if args.action == "init":
+        replaced = path.exists()
+        key = init_keys(path, force=args.force)
+        print(f"created signing key {path} (mode 0600) and its public key {public_key_path(path)}; key id {key.key_id}")
+        if replaced:
+            print("REPLACED the previous key: devices that trust only the old one refuse new bundles until they "
+                  "trust this one (rotation steps: edge_agent/signing.py)")
+        print("Give devices the public key: `cloud-selector keys show --out FILE`, then list FILE in "
+              "[model] trusted_keys of agent.toml.")
+        return 0
+    key = load_signing_key(path)
+    if key is None:
+        raise LookupError(f"no signing key at {path}: run `cloud-selector keys init`")
+    if args.out:
+        if args.out.exists():
+            raise FileExistsError(f"{args.out} already exists")
+        save_public_key(args.out, key.public)
+        print(f"wrote the public key (key id {key.key_id}) to {args.out}; list it in [model] trusted_keys on devices")
+        return 0
+    print(describe(key, path), end="")
     return 0
 
 
@@ -241,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "select what to label by typicality and diversity, import labels, retrain, and serve new model "
                     "bundles to the fleet.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CLOUD_SELECTOR_DATA_DIR", "cloud-data")),
-                        help="state directory: catalog.sqlite, blobs/, cache/ (default $CLOUD_SELECTOR_DATA_DIR "
+                        help="state directory: catalog.sqlite, blobs/, cache/, keys/ (default $CLOUD_SELECTOR_DATA_DIR "
                              "or ./cloud-data)")
     parser.add_argument("--catalog", default=os.environ.get("CLOUD_SELECTOR_CATALOG", ""), metavar="URL",
                         help="catalog database URL, e.g. postgresql+psycopg://user@host/db (default "
@@ -332,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=0, help="export: which version (default the latest)")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("keys", help="the key that signs model bundles: create it, show its public key",
+                       description="init [--force]: create the Ed25519 key pair in DATA_DIR/keys/ (private key mode "
+                                   "0600; an existing key is replaced only with --force). show [--out FILE]: print "
+                                   "the key id and public key (PEM), or write the public key to FILE for devices' "
+                                   "[model] trusted_keys. A private key readable by group or others is refused. "
+                                   "CLOUD_SELECTOR_SIGNING_KEY names another private key file. An embedded data "
+                                   "dir gets a key at its first publish anyway; with a shared catalog run init once and "
+                                   "give every publisher that key.")
+    keys_sub = p.add_subparsers(dest="action", required=True)
+    k = keys_sub.add_parser("init", help="create the signing key pair")
+    k.add_argument("--force", action="store_true", help="replace an existing key (devices must trust the new one)")
+    k = keys_sub.add_parser("show", help="print the key id and public key, or write the public key to a file")
+    k.add_argument("--out", type=Path, metavar="FILE", help="write the public key (PEM) here for devices")
+    p.set_defaults(func=cmd_keys)
+
     p = sub.add_parser("status", help="candidate counts, latest model, devices (JSON)")
     p.set_defaults(func=cmd_status)
     return parser
@@ -347,14 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_selector.s3store import S3ConfigError
     from cloud_selector.selection_config import SelectionConfigError
     from cloud_selector.trainer import ExportError, TrainingError
+    from edge_agent.signing import SigningError
 
     if args.command == "models" and args.action in ("publish", "export") and args.bundle is None:
         print(f"cloud-selector: error: models {args.action} needs a directory", file=sys.stderr)
         return 2
     try:
+        if args.command == "keys":
+            return cmd_keys(args, os.environ)
         return args.func(args, open_services(args.data_dir, catalog_url=args.catalog, blob_store=args.blob_store))
     except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
-            S3ConfigError, SelectionConfigError, OSError) as exc:
+            S3ConfigError, SelectionConfigError, SigningError, OSError) as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
 

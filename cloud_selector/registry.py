@@ -2,17 +2,39 @@
 
 Bundle files are stored in the blob store under `models/v<N>/<path>`; the catalog's `models`
 table holds the manifest and the file list (path, sha256, size) that assignments announce.
+
+With a signing key, publishing signs manifest.json (edge_agent.signing) and the signature,
+manifest.sig, is one of the listed files, so devices fetch it with the rest. The signature is
+made from the bytes being published, in memory: the source directory is never written to (a
+`models publish` of someone's bundle leaves it as it was), and a signature that came with it
+is replaced by this cloud's. Without a key a bundle is published as it came, its manifest.sig
+(if any) included, and a WARNING says it is unsigned.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.bundle import MANIFEST_FILE, BundleError, Manifest, verify_bundle
+from edge_agent.bundle import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    BundleError,
+    Manifest,
+    check_files,
+    parse_manifest,
+    read_manifest_bytes,
+    sha256_file,
+    verify_bundle,
+)
+from edge_agent.signing import SigningKey, sign_manifest, verify_manifest
 from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 
 def bundle_key(version: int, path: str) -> str:
@@ -20,24 +42,47 @@ def bundle_key(version: int, path: str) -> str:
 
 
 class Registry:
-    def __init__(self, catalog: Catalog, blobs: BlobStore, cache_dir: Path):
+    def __init__(self, catalog: Catalog, blobs: BlobStore, cache_dir: Path, signing_key: SigningKey | None = None,
+                 create_signing_key: Callable[[], SigningKey] | None = None):
+        """`create_signing_key`, when given, makes the key at the first publish without one
+        (the embedded default: cloud_selector/keys.py)."""
         self.catalog = catalog
         self.blobs = blobs
         self.cache_dir = Path(cache_dir)
+        self.signing_key = signing_key
+        self._create_signing_key = create_signing_key
 
     def publish(self, bundle_dir: Path) -> Manifest:
-        """Verify a bundle, store its files, and record it as the newest published version."""
-        manifest = verify_bundle(bundle_dir)
+        """Verify a bundle, sign it (with a key), store its files, and record it as the newest
+        published version."""
+        bundle_dir = Path(bundle_dir)
+        manifest_bytes = read_manifest_bytes(bundle_dir)  # one read: the bytes signed are the bytes stored
+        manifest = parse_manifest(manifest_bytes, bundle_dir / MANIFEST_FILE)
+        check_files(bundle_dir, manifest)
         latest = self.catalog.latest_model()
         if latest is not None and manifest.version <= latest["version"]:
             raise BundleError(f"version {manifest.version} is not newer than the published v{latest['version']}")
+        contents = {rel: (bundle_dir / rel).read_bytes() for rel in manifest.files}
+        contents[MANIFEST_FILE] = manifest_bytes
+        if self.signing_key is None and self._create_signing_key is not None:
+            self.signing_key = self._create_signing_key()
+        if self.signing_key is not None:
+            signature = sign_manifest(manifest_bytes, self.signing_key)
+            verify_manifest(manifest_bytes, signature, {self.signing_key.key_id: self.signing_key.public})
+            contents[SIGNATURE_FILE] = signature.to_bytes()
+        elif (bundle_dir / SIGNATURE_FILE).is_file():
+            contents[SIGNATURE_FILE] = (bundle_dir / SIGNATURE_FILE).read_bytes()
         files = []
-        for rel in [*manifest.files, MANIFEST_FILE]:
-            data = (Path(bundle_dir) / rel).read_bytes()
+        for rel, data in contents.items():
             self.blobs.put(bundle_key(manifest.version, rel), data)
             files.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
         self.catalog.add_model(version=manifest.version, name=manifest.name, parent_version=manifest.parent_version,
                                manifest=manifest.to_dict(), files=files)
+        if self.signing_key is not None:
+            log.info("published %s v%d signed by key %s", manifest.name, manifest.version, self.signing_key.key_id)
+        else:
+            log.warning("published %s v%d without a signature of this cloud (no signing key: `cloud-selector keys "
+                        "init`); devices with model.trusted_keys will refuse it", manifest.name, manifest.version)
         return manifest
 
     def latest(self) -> dict | None:
@@ -56,9 +101,11 @@ class Registry:
         if target.is_dir():
             try:
                 verify_bundle(target)
-                return target
-            except BundleError:
-                shutil.rmtree(target)
+                if all(sha256_file(target / f["path"]) == f["sha256"] for f in record["files"]):
+                    return target  # the signature and manifest too, not only what the manifest lists
+            except (BundleError, OSError):
+                pass
+            shutil.rmtree(target)
         staging = self.cache_dir / f".v{version}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         for f in record["files"]:
@@ -68,4 +115,3 @@ class Registry:
         verify_bundle(staging)
         staging.rename(target)
         return target
-

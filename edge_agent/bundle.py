@@ -3,11 +3,26 @@
 A bundle is a directory:
 
     manifest.json        what the model is and how to run it (see `Manifest`)
+    manifest.sig         the detached Ed25519 signature over manifest.json (optional; see below)
     model.onnx           the ONNX graph with outputs for logits [N, C] and embedding [N, D]
     novelty_bank.npy     float32 [M, D] reference embeddings (the labeled set's)
 
 The manifest lists the sha256 of every other file; a device refuses a bundle whose files are
-missing or do not match (`verify_bundle`). Signing is added on top by the rollout work.
+missing or do not match (`verify_bundle`). manifest.json and manifest.sig are reserved names
+that the manifest cannot list (the manifest cannot hash itself, nor the signature over it).
+
+manifest.sig is one JSON object (UTF-8, written by `edge_agent.signing.sign_bundle`):
+
+    {"format": "edgeflywheel.sig/1", "algorithm": "ed25519",
+     "key_id": "<first 16 hex digits of sha256 of the raw 32-byte public key>",
+     "signature": "<base64 of the 64-byte Ed25519 signature over the exact bytes of manifest.json>"}
+
+Signing the manifest's bytes, not its parsed content, means no canonical JSON is needed, and
+because the manifest holds the sha256 of every other file, one signature covers the whole
+bundle. The key id only picks which trusted key to check with (a device may trust several
+during a key rotation) and names the signer in refusals; it is not itself trusted. How
+devices decide what to accept is `edge_agent.signing`'s business: this module knows the
+names and the hashes only.
 """
 
 from __future__ import annotations
@@ -20,6 +35,8 @@ from pathlib import Path, PurePosixPath
 
 FORMAT = "edgeflywheel.bundle/1"
 MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+RESERVED_FILES = (MANIFEST_FILE, SIGNATURE_FILE)
 COLOR_ORDERS = ("gray", "rgb", "bgr")
 RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 LAYOUTS = ("NCHW", "NHWC")
@@ -146,7 +163,7 @@ class Manifest:
 def check_relative_path(path: str) -> None:
     """Reject paths that could escape the bundle directory."""
     p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\\" in path or path == MANIFEST_FILE:
+    if not path or p.is_absolute() or ".." in p.parts or "\\" in path or path in RESERVED_FILES:
         raise BundleError(f"unsafe or reserved bundle path: {path!r}")
 
 
@@ -158,21 +175,34 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_manifest(bundle_dir: Path) -> Manifest:
+def read_manifest_bytes(bundle_dir: Path) -> bytes:
+    """manifest.json's exact bytes: what a signature covers, read once so that the bytes
+    checked are the bytes parsed."""
     path = Path(bundle_dir) / MANIFEST_FILE
     try:
-        data = json.loads(path.read_text())
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise BundleError(f"no {MANIFEST_FILE} in {bundle_dir}") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
-    return Manifest.from_dict(data)
 
 
-def verify_bundle(bundle_dir: Path) -> Manifest:
-    """Load the manifest and check every listed file's sha256. Raises BundleError."""
+def parse_manifest(data: bytes, source: object = MANIFEST_FILE) -> Manifest:
+    """A manifest from manifest.json's bytes; `source` names them in errors."""
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {source}: {exc}") from exc
+    return Manifest.from_dict(parsed)
+
+
+def load_manifest(bundle_dir: Path) -> Manifest:
+    return parse_manifest(read_manifest_bytes(bundle_dir), Path(bundle_dir) / MANIFEST_FILE)
+
+
+def check_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check that every file the manifest lists is in `bundle_dir` with its sha256."""
     bundle_dir = Path(bundle_dir)
-    manifest = load_manifest(bundle_dir)
     for rel, expected in manifest.files.items():
         path = bundle_dir / rel
         if not path.is_file():
@@ -180,6 +210,13 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         actual = sha256_file(path)
         if actual != expected:
             raise BundleError(f"sha256 mismatch for {rel}: manifest {expected[:12]}…, file {actual[:12]}…")
+
+
+def verify_bundle(bundle_dir: Path) -> Manifest:
+    """Load the manifest and check every listed file's sha256. Raises BundleError. The
+    signature is not checked here: see `edge_agent.signing.BundleVerifier`."""
+    manifest = load_manifest(bundle_dir)
+    check_files(bundle_dir, manifest)
     return manifest
 
 

@@ -23,6 +23,7 @@ from edge_agent.logs import setup_logging
 from edge_agent.metrics import MetricsServer, agent_samples
 from edge_agent.policy import KeepPolicy
 from edge_agent.runtime import LoadedModel, ProviderSettings
+from edge_agent.signing import BundleVerifier, KeyFileError, SigningError, load_trusted_keys
 from edge_agent.sources import SourceError, SourceSpec, open_source
 from edge_agent.spool import Spool
 from edge_agent.transport import ClientTls, DeviceCredentials, TransportConfigError, open_channel
@@ -61,28 +62,55 @@ def cloud_channel(config: AgentConfig) -> grpc.Channel:
                         max_message_bytes=int(c.max_message_mb * 1024 * 1024))
 
 
-def _load_initial_model(config: AgentConfig, models_dir: Path) -> LoadedModel:
-    """The newer of the configured bundle and the last installed one."""
-    settings = provider_settings(config)
-    configured = LoadedModel(Path(config.model.bundle_dir), settings=settings)
-    installed_dir = installed_bundle(models_dir)
-    if installed_dir is None:
-        return configured
+def bundle_verifier(config: AgentConfig) -> BundleVerifier:
+    """Which bundles this device trusts ([model] trusted_keys, require_signature). Raises
+    KeyFileError for a key file that is missing or not an Ed25519 public key."""
     try:
-        installed = LoadedModel(installed_dir, settings=settings)
-    except BundleError as exc:
-        log.warning("installed bundle %s is unusable (%s); using %s", installed_dir, exc, config.model.bundle_dir)
-        return configured
-    return installed if installed.version > configured.version else configured
+        trusted = load_trusted_keys(config.model.trusted_keys)
+    except KeyFileError as exc:
+        raise KeyFileError(f"model.trusted_keys: {exc}") from exc
+    return BundleVerifier(trusted, require_signature=config.model.require_signature)
+
+
+def _load_initial_model(config: AgentConfig, models_dir: Path, verifier: BundleVerifier) -> LoadedModel:
+    """The newer of the configured bundle and the last installed one, among those that pass
+    the same checks as an update (signature when keys are trusted, hashes, smoke run).
+
+    Either may be refused while the other is fine: after a key rotation the configured bundle
+    may carry the retired key's signature while the installed one carries the new key's. The
+    agent starts with what verifies (logging what it refused) and raises the first refusal
+    when nothing does."""
+    settings = provider_settings(config)
+    loaded: list[LoadedModel] = []
+    refused: list[tuple[Path, BundleError]] = []
+    for bundle_dir in (Path(config.model.bundle_dir), installed_bundle(models_dir)):
+        if bundle_dir is None:
+            continue
+        try:
+            verifier.verify(bundle_dir)
+            loaded.append(LoadedModel(bundle_dir, settings=settings))
+        except BundleError as exc:
+            refused.append((bundle_dir, exc))
+    if not loaded:
+        raise refused[0][1]
+    for bundle_dir, exc in refused:
+        log.warning("bundle %s is unusable (%s); not using it", bundle_dir, exc)
+    return max(loaded, key=lambda model: model.version)  # a tie keeps the configured one
 
 
 def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     state_dir = Path(config.device.state_dir)
     models_dir = state_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    slot = ModelSlot(_load_initial_model(config, models_dir))
+    verifier = bundle_verifier(config)
+    slot = ModelSlot(_load_initial_model(config, models_dir, verifier))
     log.info("device %s running model %s v%d on %s", config.device.id, slot.model.manifest.name, slot.version,
              ", ".join(slot.model.providers))
+    if not verifier.trusted:
+        log.warning("model.trusted_keys is empty: model bundles are accepted UNSIGNED; add the cloud's public key "
+                    "(`cloud-selector keys show --out FILE`) to refuse bundles it did not sign")
+    elif not verifier.enforcing:
+        log.warning("model.require_signature is off: unsigned model bundles are accepted")
     source = open_source(source_spec(config))
     p = config.policy
     recent = RecentFrames(capacity=p.repeat_memory, threshold=p.repeat_distance,
@@ -112,7 +140,8 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     if config.cloud.watch_models:
         updater = ModelUpdater(channel, device_id=config.device.id, models_dir=models_dir, slot=slot,
                                load_model=lambda path: LoadedModel(path, settings=provider_settings(config)),
-                               release_channel=config.cloud.release_channel)
+                               release_channel=config.cloud.release_channel, verifier=verifier,
+                               max_bundle_bytes=int(config.model.max_bundle_mb * 1024 * 1024))
         workers.append(threading.Thread(target=updater.run, args=(stop,), name="updater", daemon=True))
     for worker in workers:
         worker.start()
@@ -211,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             return doctor(config)
         return run(config, drain_timeout_s=args.drain_timeout)
-    except (ConfigError, BundleError, SourceError, TransportConfigError) as exc:
+    except (ConfigError, BundleError, SigningError, SourceError, TransportConfigError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2
 

@@ -75,6 +75,16 @@ class ModelSection:
     trt_fp16: bool = _doc("TensorRT: allow FP16 kernels.", False)
     intra_op_threads: int = _doc("ONNX Runtime intra-op threads (0 = ORT's default).", 1)
     warmup_runs: int = _doc("Inferences on a blank frame after loading, before the first real frame.", 2)
+    trusted_keys: list = _doc(
+        "Public key files (PEM, from `cloud-selector keys show --out FILE`) whose Ed25519 signatures on model bundles "
+        "this device accepts; list several to rotate keys (procedure in edge_agent/signing.py). Checked for updates, "
+        "the installed bundle and bundle_dir at start. Empty = bundles are accepted unsigned and a WARNING says so at "
+        "start: the transitional default, so deployments that predate signing keep updating.", [])
+    require_signature: bool = _doc(
+        "With trusted_keys set: refuse bundles without a signature (a signature that is present must always verify). "
+        "Set false only while the cloud still publishes unsigned bundles. No effect when trusted_keys is empty.", True)
+    max_bundle_mb: float = _doc("Refuse a model update whose files add up to more than this many MiB, before "
+                                "downloading any of it (0 = no limit).", 200.0)
 
 
 @dataclass
@@ -190,6 +200,10 @@ class AgentConfig:
             raise ConfigError(f'log.format must be "text" or "json"; got {self.log.format!r}')
         if self.model.warmup_runs < 0 or self.model.intra_op_threads < 0:
             raise ConfigError("model.warmup_runs and model.intra_op_threads must be >= 0")
+        if self.model.max_bundle_mb < 0:
+            raise ConfigError("model.max_bundle_mb must be >= 0 (0 = no limit)")
+        if any(not isinstance(path, str) or not path for path in self.model.trusted_keys):
+            raise ConfigError("model.trusted_keys must be a list of public key file paths")
         unknown = [name for name in self.model.providers if name not in ort.get_all_providers()]
         if unknown:
             raise ConfigError(f"model.providers: unknown execution provider(s) {unknown}; ONNX Runtime knows "

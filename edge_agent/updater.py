@@ -1,13 +1,22 @@
 """Watch the cloud for model assignments; download, verify and hot-swap new bundles.
 
-Install steps for an assignment newer than the running model:
-1. download every file into `<models_dir>/staging/v<N>/`, resuming from what is already there
-   (Fetch with an offset), and check each file's sha256 against the assignment;
-2. verify the bundle against its own manifest (sha256 of every file, version == assignment);
-3. move it to `<models_dir>/v<N>/`, load it in ONNX Runtime with a smoke run;
-4. point `<models_dir>/CURRENT` at it (atomic rename) and swap it into the `ModelSlot`, which
+Install steps for an assignment:
+1. refuse it outright when its version is not newer than the running model's, or when its
+   files add up to more than `max_bundle_bytes` (nothing is downloaded);
+2. download every file into `<models_dir>/staging/v<N>/`, resuming from what is already there
+   (Fetch with an offset), and check each file's sha256 against the assignment; files the
+   assignment does not list (left from an earlier attempt) are removed;
+3. verify the bundle with the `BundleVerifier`: the signature over manifest.json when keys are
+   trusted, then the sha256 of every file against the manifest; then check the signed
+   manifest's version: newer than the running model (a replayed old bundle, even one validly
+   signed, is a rollback attack) and equal to the assignment's (which nobody signed);
+4. move it to `<models_dir>/v<N>/`, load it in ONNX Runtime with a smoke run;
+5. point `<models_dir>/CURRENT` at it (atomic rename) and swap it into the `ModelSlot`, which
    the agent reads between frames;
-5. report the outcome. On any failure the running model stays and the failure is reported.
+6. report the outcome. On any failure the running model stays and the failure is reported
+   (INSTALL_STATUS_FAILED with the reason); a failed version is not tried again.
+
+Going back to an earlier model therefore means publishing its files again as a new version.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from pathlib import Path
 
 import grpc
 
-from edge_agent.bundle import BundleError, check_relative_path, sha256_file, verify_bundle
+from edge_agent.bundle import RESERVED_FILES, BundleError, check_relative_path, sha256_file
 from edge_agent.runtime import LoadedModel
+from edge_agent.signing import BundleVerifier
 from edge_agent.transport import Backoff
 from protos import flywheel_pb2 as pb
 from protos import flywheel_pb2_grpc as pb_grpc
@@ -30,6 +40,7 @@ from protos import flywheel_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 CURRENT_FILE = "CURRENT"
+DEFAULT_MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 
 
 class ModelSlot:
@@ -58,6 +69,17 @@ def installed_bundle(models_dir: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
+def _remove_unlisted(staging: Path, listed: set[str]) -> None:
+    """Delete files an earlier attempt left in `staging` that this assignment does not list,
+    so that, say, a stale manifest.sig cannot vouch for a bundle that arrived without one."""
+    for path in sorted(staging.rglob("*"), reverse=True):
+        rel = path.relative_to(staging).as_posix()
+        if path.is_file() and rel not in listed:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def _point_current(models_dir: Path, name: str) -> None:
     tmp = models_dir / (CURRENT_FILE + ".tmp")
     tmp.write_text(name)
@@ -75,7 +97,11 @@ class ModelUpdater:
         load_model: Callable[[Path], LoadedModel],
         release_channel: str = "",
         backoff: Backoff | None = None,
+        verifier: BundleVerifier | None = None,
+        max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     ):
+        """`verifier` decides which bundles are trusted (default: no keys, hashes only);
+        `max_bundle_bytes` caps an assignment's total size (0 = no cap)."""
         self._stub = pb_grpc.ModelsStub(channel)
         self.device_id = device_id
         self.models_dir = Path(models_dir)
@@ -83,6 +109,8 @@ class ModelUpdater:
         self._load_model = load_model
         self._release_channel = release_channel
         self._backoff = backoff or Backoff()
+        self._verifier = verifier or BundleVerifier()
+        self.max_bundle_bytes = max_bundle_bytes
         self._call = None
         self._failed_versions: set[int] = set()
         self.installs = 0
@@ -97,7 +125,8 @@ class ModelUpdater:
                 )
                 for assignment in self._call:
                     self._backoff.reset()
-                    if assignment.version > self.slot.version and assignment.version not in self._failed_versions:
+                    # An older one is installed to be refused and reported, not silently ignored.
+                    if assignment.version != self.slot.version and assignment.version not in self._failed_versions:
                         self.install(assignment)
             except grpc.RpcError as exc:
                 if stop.is_set():
@@ -113,6 +142,7 @@ class ModelUpdater:
     def install(self, assignment: pb.ModelAssignment) -> bool:
         version = assignment.version
         try:
+            self._check_assignment(assignment)
             model = self._stage_and_load(assignment)
         except (BundleError, OSError, grpc.RpcError) as exc:
             log.error("model v%d refused: %s; keeping v%d", version, exc, self.slot.version)
@@ -127,15 +157,32 @@ class ModelUpdater:
         self._report(version, pb.INSTALL_STATUS_INSTALLED, "", model.smoke_latency_ms, assignment.rollout_id)
         return True
 
+    def _check_assignment(self, assignment: pb.ModelAssignment) -> None:
+        """What can be refused before downloading anything."""
+        if assignment.version <= self.slot.version:
+            raise BundleError(f"rollback refused: v{assignment.version} is not newer than the running "
+                              f"v{self.slot.version}")
+        total = sum(f.size for f in assignment.files)
+        if self.max_bundle_bytes and total > self.max_bundle_bytes:
+            raise BundleError(f"bundle is {total / 2**20:.1f} MiB, over the {self.max_bundle_bytes / 2**20:.1f} MiB "
+                              "limit (model.max_bundle_mb); not downloaded")
+
     def _stage_and_load(self, assignment: pb.ModelAssignment) -> LoadedModel:
         version = assignment.version
         staging = self.models_dir / "staging" / f"v{version}"
         staging.mkdir(parents=True, exist_ok=True)
         for f in assignment.files:
             self._download(version, f, staging)
-        manifest = verify_bundle(staging)
+        _remove_unlisted(staging, {f.path for f in assignment.files})
+        verified = self._verifier.verify(staging)
+        manifest = verified.manifest
+        if manifest.version <= self.slot.version:
+            raise BundleError(f"rollback refused: the bundle's manifest says v{manifest.version}, not newer than "
+                              f"the running v{self.slot.version}")
         if manifest.version != version:
             raise BundleError(f"bundle says version {manifest.version}, assignment says {version}")
+        if verified.signed_by:
+            log.info("model v%d: signature by key %s verified", version, verified.signed_by)
         final = self.models_dir / f"v{version}"
         if final.exists():
             shutil.rmtree(final)
@@ -147,7 +194,7 @@ class ModelUpdater:
             raise
 
     def _download(self, version: int, f: pb.BundleFile, staging: Path) -> None:
-        if f.path != "manifest.json":
+        if f.path not in RESERVED_FILES:
             check_relative_path(f.path)
         dest = staging / f.path
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cloud_selector.auth import enroll_device
 from cloud_selector.cli import Services, open_services
+from cloud_selector.keys import KEYS_DIR, PUBLIC_KEY_FILE
 from cloud_selector.dedup import DEFAULT_APPEARANCE_THRESHOLD
 from cloud_selector.label_queue import export_queue, import_labels
 from cloud_selector.retrain import retrain
@@ -120,7 +121,8 @@ class Demo:
             f'state_dir = "{(device_dir / "state").resolve()}"\n\n'
             f'[source]\ntype = "video"\npath = "{(device_dir / "inbox").resolve()}"\nfollow = true\n'
             f"poll_interval_s = 0.2\n\n"
-            f'[model]\nbundle_dir = "{bundle_dir.resolve()}"\n\n'
+            f'[model]\nbundle_dir = "{bundle_dir.resolve()}"\n'
+            f'trusted_keys = ["{(self.out / "cloud" / KEYS_DIR / PUBLIC_KEY_FILE).resolve()}"]\n\n'
             f"[policy]\nmode = \"threshold\"\nthreshold = {self.c.threshold}\nmax_per_minute = {self.c.max_per_minute}\n\n"
             f'[cloud]\naddress = "127.0.0.1:{port}"\nheartbeat_interval_s = 0.5\n'
         )
