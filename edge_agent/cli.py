@@ -166,9 +166,11 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
 
 
 def doctor(config: AgentConfig) -> int:
-    """Check model, source, server, credentials, clock and disk; print what is wrong in plain words."""
+    """Check model, signature, source, server, credentials, clock and disk; print what is wrong in
+    plain words."""
     results = [doctor_checks.check_model(Path(config.model.bundle_dir), list(config.model.providers),
-                                         settings=provider_settings(config))]
+                                         settings=provider_settings(config)),
+               doctor_checks.check_signature(Path(config.model.bundle_dir), bundle_verifier(config))]
 
     def read_one_frame() -> tuple[int, int]:
         stop = threading.Event()
@@ -213,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--config", required=True, type=Path, help="agent TOML file (see `edge-agent config template`)")
     p_run.add_argument("--drain-timeout", type=float, default=30.0,
                        help="when the source ends, wait up to this many seconds for the outbox to empty (default 30)")
-    p_doctor = sub.add_parser("doctor", help="check model, camera, server, credentials, clock and disk",
+    p_doctor = sub.add_parser("doctor", help="check model, signature, camera, server, credentials, clock and disk",
                               description="Validate the config file, then check in turn: the model bundle loads and "
-                                          "runs (and on which execution providers), the source gives a frame, the "
+                                          "runs (and on which execution providers), it is signed by a key in "
+                                          "model.trusted_keys, the source gives a frame, the "
                                           "cloud answers, it accepts this device's credentials, the clock agrees "
                                           "with the cloud's, and the state directory is writable with room for the "
                                           "spool cap. Prints one line per check with what to do about failures; "

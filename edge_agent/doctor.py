@@ -32,6 +32,7 @@ import onnxruntime as ort
 from edge_agent import __version__
 from edge_agent.bundle import BundleError
 from edge_agent.runtime import LoadedModel
+from edge_agent.signing import BundleVerifier
 from edge_agent.sources import SourceError
 from protos import flywheel_pb2 as pb
 from protos import flywheel_pb2_grpc as pb_grpc
@@ -104,6 +105,25 @@ def check_model(bundle_dir: Path, providers: list[str], settings: object | None 
 class _Outcome:
     size: tuple[int, int] | None = None
     error: BaseException | None = None
+
+
+def check_signature(bundle_dir: Path, verifier: BundleVerifier) -> CheckResult:
+    """Whether the configured bundle carries a signature this device trusts: an agent without
+    trusted keys installs whatever a server (or someone on the path) sends it."""
+    if not verifier.trusted:
+        return CheckResult("signature", False, "model.trusted_keys is empty: model bundles are accepted unsigned",
+                           "run `cloud-selector keys show --out signing_key.pub.pem` in the cloud, copy the file to "
+                           "the device and list it in model.trusted_keys")
+    try:
+        verified = verifier.verify(Path(bundle_dir))
+    except BundleError as exc:  # SignatureError is a BundleError too
+        return CheckResult("signature", False, str(exc),
+                           "export the bundle again with `cloud-selector models export` from a cloud whose key is "
+                           "in model.trusted_keys")
+    if not verified.signed_by:
+        return CheckResult("signature", False, f"{bundle_dir} is unsigned (model.require_signature is off)",
+                           "export a signed bundle with `cloud-selector models export`")
+    return CheckResult("signature", True, f"{bundle_dir} signed by trusted key {verified.signed_by}")
 
 
 def check_source(open_and_read: Callable[[], tuple[int, int]], timeout_s: float = 10.0) -> CheckResult:

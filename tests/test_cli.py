@@ -131,11 +131,12 @@ def test_doctor_all_ok_over_tls_with_an_enrolled_device(cloud_factory, fashion_t
     config = tmp_path / "agent.toml"
     config.write_text(f'[device]\nid = "cam-doc"\ntoken_file = "{tmp_path / "token"}"\n'
                       f'state_dir = "{tmp_path / "state"}"\n[source]\npath = "{video.parent}"\n'
-                      f'[model]\nbundle_dir = "{bundle}"\n[spool]\ncap_mb = 16.0\n'
+                      f'[model]\nbundle_dir = "{bundle}"\ntrusted_keys = ["{tmp_path / "cloud" / "keys" / "signing_key.pub.pem"}"]\n'
+                      f'[spool]\ncap_mb = 16.0\n'
                       f'[cloud]\naddress = "{cloud.address}"\ntls_ca_file = "{ca.files.cert}"\n')
     result = run("edge_agent", "doctor", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()] == ["ok"] * 6
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()] == ["ok"] * 7
 
     (tmp_path / "token").write_text("not-the-token\n")
     result = run("edge_agent", "doctor", "--config", str(config))

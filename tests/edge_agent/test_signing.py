@@ -397,3 +397,18 @@ def test_agent_refuses_to_start_without_a_verified_bundle(tmp_path, key):
                                 capture_output=True, text=True, timeout=120)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+
+
+# --- edge-agent doctor -----------------------------------------------------------------------
+
+
+def test_doctor_signature_check(tmp_path, key, signed):
+    from edge_agent.doctor import check_signature
+
+    assert check_signature(signed, BundleVerifier(trust(key))).ok
+    untrusted = check_signature(signed, BundleVerifier(trust(SigningKey.generate())))
+    assert not untrusted.ok and "trusted_keys" in untrusted.hint
+    no_keys = check_signature(signed, BundleVerifier())
+    assert not no_keys.ok and "accepted unsigned" in no_keys.detail and "keys show" in no_keys.hint
+    unsigned = check_signature(make_bundle(tmp_path, "plain"), BundleVerifier(trust(key), require_signature=False))
+    assert not unsigned.ok and "unsigned" in unsigned.detail
