@@ -37,7 +37,9 @@ import functools
 import hashlib
 import logging
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,8 +131,17 @@ def _in_memory(url: sa.URL) -> bool:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL can itself wait for a lock
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked"
+    # at once, without its busy handler, while another connection is doing the same: retry.
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05 + 0.01 * attempt)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
