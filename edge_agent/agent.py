@@ -78,7 +78,7 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         """Process frames until the source ends or `stop` is set."""
-        resume = None if getattr(self.source, "live", False) else self.spool.progress()
+        resume = None if self.source.live else self.spool.progress()
         for frame in self.source.frames(stop, resume):
             if frame.progress_only:  # pacing skipped the last frame of a file: only mark the file done
                 self.spool.record_progress(frame.source, FILE_DONE)
@@ -98,8 +98,7 @@ class Agent:
         self._manual.clear()
         decision = self.policy.decide(scores, frame.capture_time_ms, is_repeat, manual=manual)
         self.stats.frames_seen += 1
-        live = getattr(self.source, "live", False)
-        progress = None if live else (frame.source, FILE_DONE if frame.last_in_file else frame.index)
+        progress = None if self.source.live else (frame.source, FILE_DONE if frame.last_in_file else frame.index)
         if decision.keep:
             if self.recent is not None:
                 self.recent.remember()

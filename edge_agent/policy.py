@@ -154,7 +154,11 @@ class KeepPolicy:
         if config.mode == "budget":  # the top fraction must hold a few frames to be a quantile
             window = min(MAX_QUANTILE_WINDOW, max(window, math.ceil(20 / config.target_fraction)))
         self._scores = _WindowRank(window)
-        self._kept_flags: deque[bool] = deque(maxlen=window)  # pacing: kept vs expected
+        # Pacing: keep decisions over the last `window` frames and how many of them kept, counted
+        # as they come and go (summing the window on every frame would cost O(window) per frame).
+        self._kept_flags: deque[bool] = deque()
+        self._kept_in_window = 0
+        self._pacing_window = window
         caps = ((config.max_per_minute, MINUTE_MS), (config.max_per_hour, HOUR_MS), (config.max_per_day, DAY_MS))
         self._caps = [(limit, _SlidingCount(span)) for limit, span in caps if limit > 0]
         self._bytes = _SlidingCount(DAY_MS)
@@ -198,6 +202,9 @@ class KeepPolicy:
             reason = REASON_MANUAL
         decision = self._check_limits(combined, reason, threshold, is_repeat, manual)
         self._kept_flags.append(decision.keep)
+        self._kept_in_window += decision.keep
+        if len(self._kept_flags) > self._pacing_window:
+            self._kept_in_window -= self._kept_flags.popleft()
         if c.mode == "budget" and decision.reason in (DROP_REPEAT, DROP_RATE_CAP, DROP_BYTE_BUDGET):
             # A frame the budget could not take must not raise the bar for later ones: after a
             # burst of high scores, the quantile would otherwise shut out the normal stream.
@@ -250,7 +257,7 @@ class KeepPolicy:
         of high scores raised the quantile, or caps dropped frames), < 1 when more: a pacing
         controller that makes the whole budget get spent, within [1/2, 4] of the plain share."""
         expected = fraction * len(self._kept_flags)
-        kept = sum(self._kept_flags)
+        kept = self._kept_in_window
         return min(4.0, max(0.5, (expected + 1.0) / (kept + 1.0)))
 
     def _threshold_reason(self, combined: float, explained: str) -> tuple[str | None, float]:
