@@ -101,6 +101,10 @@ class Spool:
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous.upper() == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._db.execute("UPDATE items SET state=? WHERE state=?", (QUEUED, SENDING))
+        # Bytes of the items still to send, kept up to date by put/ack/reject under the lock, so
+        # a put under the cap does not sum the whole table each time.
+        self._pending_bytes = int(self._db.execute(
+            "SELECT coalesce(sum(size), 0) FROM items WHERE state != ?", (DEAD,)).fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -117,7 +121,7 @@ class Spool:
                 if victims is None:
                     self._count("evicted", 1)
                 else:
-                    self._db.executemany("DELETE FROM items WHERE candidate_id=?", [(v,) for v in victims])
+                    self._db.executemany("DELETE FROM items WHERE candidate_id=?", [(v,) for v, _ in victims])
                     self._count("evicted", len(victims))
                     self._db.execute(
                         "INSERT INTO items(candidate_id, state, created_ms, score, size, payload) VALUES (?,?,?,?,?,?)",
@@ -129,18 +133,19 @@ class Spool:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if victims is not None:
+                self._pending_bytes += len(payload) - sum(item_size for _, item_size in victims)
             self._items_available.notify_all()
         return PutResult(stored=victims is not None, evicted=1 if victims is None else len(victims))
 
-    def _make_room(self, size: int, score: float) -> list[str] | None:
-        """Queued items to evict so `size` more bytes fit under the cap (lowest score first,
-        only items worth less than the newcomer), or None when the newcomer must go instead."""
+    def _make_room(self, size: int, score: float) -> list[tuple[str, int]] | None:
+        """Queued items (id, size) to evict so `size` more bytes fit under the cap (lowest score
+        first, only items worth less than the newcomer), or None when the newcomer must go."""
         if not self.cap_bytes:
             return []
         if size > self.cap_bytes:
             return None
-        pending = self._db.execute("SELECT coalesce(sum(size), 0) FROM items WHERE state != ?", (DEAD,)).fetchone()[0]
-        excess = pending + size - self.cap_bytes
+        excess = self._pending_bytes + size - self.cap_bytes
         if excess <= 0:
             return []
         victims, freed = [], 0
@@ -149,7 +154,7 @@ class Spool:
             (QUEUED, score),
         )
         for candidate_id, item_size in rows:
-            victims.append(candidate_id)
+            victims.append((candidate_id, item_size))
             freed += item_size
             if freed >= excess:
                 return victims
@@ -199,15 +204,21 @@ class Spool:
 
     def ack(self, candidate_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM items WHERE candidate_id=?", (candidate_id,))
+            gone = self._db.execute("DELETE FROM items WHERE candidate_id=? RETURNING size, state",
+                                    (candidate_id,)).fetchone()
+            if gone is not None and gone[1] != DEAD:
+                self._pending_bytes -= gone[0]
 
     def reject(self, candidate_id: str, detail: str) -> None:
         """The server will never accept this item: keep it for audit, never resend it."""
         with self._lock:
+            before = self._db.execute("SELECT size, state FROM items WHERE candidate_id=?", (candidate_id,)).fetchone()
             self._db.execute(
                 "UPDATE items SET state=?, detail=?, payload=x'', size=0 WHERE candidate_id=?",
                 (DEAD, detail[:500], candidate_id),
             )
+            if before is not None and before[1] != DEAD:
+                self._pending_bytes -= before[0]
             self._db.execute(
                 "DELETE FROM items WHERE state=? AND rowid NOT IN "
                 "(SELECT rowid FROM items WHERE state=? ORDER BY rowid DESC LIMIT ?)",
@@ -225,9 +236,9 @@ class Spool:
     def stats(self) -> SpoolStats:
         with self._lock:
             counts = dict(self._db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
-            pending = self._db.execute("SELECT coalesce(sum(size), 0) FROM items WHERE state != ?", (DEAD,)).fetchone()[0]
+            pending = self._pending_bytes
             evicted = self._db.execute("SELECT value FROM counters WHERE name='evicted'").fetchone()
-        return SpoolStats(counts.get(QUEUED, 0), counts.get(SENDING, 0), counts.get(DEAD, 0), int(pending),
+        return SpoolStats(counts.get(QUEUED, 0), counts.get(SENDING, 0), counts.get(DEAD, 0), pending,
                           evicted_total=int(evicted[0]) if evicted else 0, cap_bytes=self.cap_bytes)
 
     def items(self) -> list[tuple[str, str, float]]:
