@@ -325,3 +325,67 @@ class BundleVerifier:
         manifest = parse_manifest(manifest_bytes, bundle_dir / "manifest.json")
         check_files(bundle_dir, manifest)
         return VerifiedBundle(manifest, signed_by)
+
+
+# ------------------------------------------------------------------ revocations
+#
+# A device never installs a version older than the one it runs, so a replayed old bundle, even
+# a validly signed one, cannot take it back (a rollback attack). Going back on purpose (the
+# cloud aborting a rollout, or `cloud-selector models rollback`) therefore needs a statement
+# signed by a trusted key: "version R is revoked; run T instead". The revocation is a small
+# JSON document, signed like manifest.json (its exact bytes, the same Signature format), sent
+# in the ModelAssignment for T. A device accepts it only when it verifies, revokes the very
+# version the device runs, and targets the assignment's version; it then remembers R as
+# revoked, so R (or a replay of this revocation) can never be installed again.
+
+REVOCATION_FORMAT = "edgeflywheel.revocation/1"
+_MAX_REVOCATION_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Revocation:
+    model_name: str
+    revoked_version: int
+    target_version: int
+    issued_at: str  # ISO 8601, informational
+    reason: str = ""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": REVOCATION_FORMAT, "model_name": self.model_name,
+                           "revoked_version": self.revoked_version, "target_version": self.target_version,
+                           "issued_at": self.issued_at, "reason": self.reason[:500]}, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Revocation":
+        if len(data) > _MAX_REVOCATION_BYTES:
+            raise SignatureError(f"revocation is {len(data)} bytes, over {_MAX_REVOCATION_BYTES}")
+        try:
+            d = json.loads(data)
+            if not isinstance(d, dict) or d.get("format") != REVOCATION_FORMAT:
+                raise ValueError(f"format must be {REVOCATION_FORMAT!r}")
+            revoked, target = d.get("revoked_version"), d.get("target_version")
+            if type(revoked) is not int or type(target) is not int or not (0 < target < revoked):
+                raise ValueError("needs integer versions with 0 < target_version < revoked_version")
+            return cls(str(d.get("model_name", "")), revoked, target, str(d.get("issued_at", "")),
+                       str(d.get("reason", "")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            raise SignatureError(f"malformed revocation: {exc}") from exc
+
+
+def sign_revocation(revocation: Revocation, key: SigningKey) -> tuple[bytes, bytes]:
+    """(revocation bytes, signature bytes) as they travel in a ModelAssignment."""
+    data = revocation.to_bytes()
+    return data, sign_manifest(data, key).to_bytes()
+
+
+def verify_revocation(data: bytes, signature: bytes, verifier: BundleVerifier) -> tuple[Revocation, str]:
+    """Parse a revocation and check its signature the way `verifier` checks bundles: with
+    trusted keys a valid signature is required (whatever require_signature says: going back
+    is never allowed on less than a signature); with none (the transitional default) it is
+    accepted unchecked. Returns (revocation, key id or ""). Raises SignatureError."""
+    revocation = Revocation.from_bytes(data)
+    if not verifier.trusted:
+        return revocation, ""
+    if not signature:
+        raise SignatureError("unsigned revocation, and this device trusts signing keys")
+    return revocation, verify_manifest(data, Signature.from_bytes(signature), verifier.trusted)

@@ -28,6 +28,7 @@ class InstallStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTALL_STATUS_INSTALLED: _ClassVar[InstallStatus]
     INSTALL_STATUS_FAILED: _ClassVar[InstallStatus]
     INSTALL_STATUS_ROLLED_BACK: _ClassVar[InstallStatus]
+    INSTALL_STATUS_HEALTHY: _ClassVar[InstallStatus]
 KEEP_REASON_UNSPECIFIED: KeepReason
 KEEP_REASON_UNCERTAINTY: KeepReason
 KEEP_REASON_NOVELTY: KeepReason
@@ -41,6 +42,7 @@ INSTALL_STATUS_UNSPECIFIED: InstallStatus
 INSTALL_STATUS_INSTALLED: InstallStatus
 INSTALL_STATUS_FAILED: InstallStatus
 INSTALL_STATUS_ROLLED_BACK: InstallStatus
+INSTALL_STATUS_HEALTHY: InstallStatus
 
 class Scores(_message.Message):
     __slots__ = ("least_confidence", "margin", "entropy", "novelty", "combined", "novelty_distance")
@@ -124,16 +126,22 @@ class BundleFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("model_name", "version", "files", "rollout_id")
+    __slots__ = ("model_name", "version", "files", "rollout_id", "revocation", "revocation_signature", "health_frames")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FRAMES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     files: _containers.RepeatedCompositeFieldContainer[BundleFile]
     rollout_id: str
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., files: _Optional[_Iterable[_Union[BundleFile, _Mapping]]] = ..., rollout_id: _Optional[str] = ...) -> None: ...
+    revocation: bytes
+    revocation_signature: bytes
+    health_frames: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., files: _Optional[_Iterable[_Union[BundleFile, _Mapping]]] = ..., rollout_id: _Optional[str] = ..., revocation: _Optional[bytes] = ..., revocation_signature: _Optional[bytes] = ..., health_frames: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("device_id", "version", "path", "offset", "max_chunk_bytes")
@@ -159,21 +167,49 @@ class ModelChunk(_message.Message):
     total_size: int
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...
 
+class ModelHealth(_message.Message):
+    __slots__ = ("frames", "mean_confidence", "mean_novelty", "latency_p50_ms", "previous_version", "previous_frames", "previous_mean_confidence", "previous_mean_novelty", "previous_latency_p50_ms", "errors")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_NOVELTY_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MEAN_NOVELTY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    frames: int
+    mean_confidence: float
+    mean_novelty: float
+    latency_p50_ms: float
+    previous_version: int
+    previous_frames: int
+    previous_mean_confidence: float
+    previous_mean_novelty: float
+    previous_latency_p50_ms: float
+    errors: int
+    def __init__(self, frames: _Optional[int] = ..., mean_confidence: _Optional[float] = ..., mean_novelty: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., previous_version: _Optional[int] = ..., previous_frames: _Optional[int] = ..., previous_mean_confidence: _Optional[float] = ..., previous_mean_novelty: _Optional[float] = ..., previous_latency_p50_ms: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
+
 class InstallReport(_message.Message):
-    __slots__ = ("device_id", "version", "status", "detail", "smoke_latency_ms", "rollout_id")
+    __slots__ = ("device_id", "version", "status", "detail", "smoke_latency_ms", "rollout_id", "health", "bytes_fetched")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     SMOKE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     version: int
     status: InstallStatus
     detail: str
     smoke_latency_ms: float
     rollout_id: str
-    def __init__(self, device_id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[InstallStatus, str]] = ..., detail: _Optional[str] = ..., smoke_latency_ms: _Optional[float] = ..., rollout_id: _Optional[str] = ...) -> None: ...
+    health: ModelHealth
+    bytes_fetched: int
+    def __init__(self, device_id: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[InstallStatus, str]] = ..., detail: _Optional[str] = ..., smoke_latency_ms: _Optional[float] = ..., rollout_id: _Optional[str] = ..., health: _Optional[_Union[ModelHealth, _Mapping]] = ..., bytes_fetched: _Optional[int] = ...) -> None: ...
 
 class InstallReportAck(_message.Message):
     __slots__ = ()
