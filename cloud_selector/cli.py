@@ -66,6 +66,8 @@ def open_services(data_dir: Path, *, catalog_url: str = "", blob_store: str = ""
 def cmd_serve(args, s: Services) -> int:
     from cloud_selector.auth import AllowUnauthenticated, DeviceAuthenticator
     from cloud_selector.ingest import RateLimit
+    from cloud_selector.releases import Releases
+    from cloud_selector.rollouts import RolloutController
     from cloud_selector.scheduler import Schedule, SelectionScheduler
     from cloud_selector.server import ServerTls, TlsConfigError, create_server
 
@@ -111,6 +113,8 @@ def cmd_serve(args, s: Services) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if schedule.enabled:
         threading.Thread(target=scheduler.run, args=(stop,), name="scheduler", daemon=True).start()
+    controller = RolloutController(Releases(s.catalog, s.registry.signer), interval_s=args.rollout_poll)
+    threading.Thread(target=controller.run, args=(stop,), name="rollouts", daemon=True).start()
     stop.wait()
     if health is not None:
         health.stop()
@@ -216,29 +220,6 @@ def cmd_train(args, s: Services) -> int:
     return 0
 
 
-def cmd_models(args, s: Services) -> int:
-    if args.action == "publish":
-        manifest = s.registry.publish(args.bundle)
-        key = s.registry.signing_key
-        print(f"published {manifest.name} v{manifest.version} "
-              f"({f'signed by key {key.key_id}' if key else 'UNSIGNED: no signing key, see `keys init`'})")
-        return 0
-    if args.action == "export":
-        latest = s.registry.latest()
-        if latest is None:
-            raise LookupError("no published model yet")
-        version = args.version or latest["version"]
-        if args.bundle.exists():
-            raise FileExistsError(f"{args.bundle} already exists")
-        shutil.copytree(s.registry.local_bundle(version), args.bundle)
-        print(f"exported v{version} to {args.bundle} (use it as the agent's model.bundle_dir)")
-        return 0
-    for m in s.catalog.list_models():
-        print(f"v{m['version']}\t{m['name']}\tparent v{m['parent_version']}\t{len(m['manifest']['classes'])} classes\t"
-              f"labels {m['manifest'].get('label_set', {}).get('count', '?')}")
-    return 0
-
-
 def cmd_keys(args, env: Mapping[str, str]) -> int:
     """Runs without `open_services`, which would create the key that `init` is asked to make."""
     from cloud_selector.keys import describe, init_keys, load_signing_key, private_key_path, public_key_path
@@ -277,6 +258,7 @@ def cmd_status(args, s: Services) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from cloud_selector.label_commands import add_labels_parser
+    from cloud_selector.model_commands import add_models_parser
 
     parser = argparse.ArgumentParser(
         prog="cloud-selector",
@@ -326,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-every-min", type=float, default=0.0, metavar="M",
                    help="run a selection round every M minutes when new candidates arrived (default 0 = off)")
     p.add_argument("--select-poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--rollout-poll", type=float, default=2.0, metavar="S",
+                   help="seconds between passes of the rollout controller (default 2)")
     p.add_argument("--replica-name", default="", help="name recorded on the selection runs this process makes "
                                                       "(default host:pid)")
     add_selection_arguments(p, prefix="select-")
@@ -366,14 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="list, publish or export model versions",
-                       description="list: every version with its parent and label count; publish BUNDLE: verify and "
-                                   "publish a bundle directory as the newest version; export OUT [--version N]: copy "
-                                   "a published bundle (default the latest) to OUT, e.g. as a device's first model.")
-    p.add_argument("action", choices=["list", "publish", "export"])
-    p.add_argument("bundle", nargs="?", type=Path, help="publish: bundle directory; export: output directory")
-    p.add_argument("--version", type=int, default=0, help="export: which version (default the latest)")
-    p.set_defaults(func=cmd_models)
+    add_models_parser(sub)
 
     p = sub.add_parser("keys", help="the key that signs model bundles: create it, show its public key",
                        description="init [--force]: create the Ed25519 key pair in DATA_DIR/keys/ (private key mode "
@@ -402,12 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_selector.blobstore import BlobError
     from cloud_selector.catalog import UnknownCandidates
     from cloud_selector.labels import LabelFileError
+    from cloud_selector.releases import ReleaseError
     from cloud_selector.s3store import S3ConfigError
     from cloud_selector.selection_config import SelectionConfigError
     from cloud_selector.trainer import ExportError, TrainingError
     from edge_agent.signing import SigningError
 
-    if args.command == "models" and args.action in ("publish", "export") and args.bundle is None:
+    if args.command == "models" and args.action in ("publish", "export") and not args.target:
         print(f"cloud-selector: error: models {args.action} needs a directory", file=sys.stderr)
         return 2
     try:
@@ -415,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys(args, os.environ)
         return args.func(args, open_services(args.data_dir, catalog_url=args.catalog, blob_store=args.blob_store))
     except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
-            S3ConfigError, SelectionConfigError, SigningError, OSError) as exc:
+            S3ConfigError, SelectionConfigError, SigningError, ReleaseError, OSError) as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
 

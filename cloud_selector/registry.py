@@ -33,6 +33,7 @@ from edge_agent.bundle import (
 from edge_agent.signing import SigningKey, sign_manifest, verify_manifest
 from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import Catalog
+from cloud_selector.releases import Releases
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,17 @@ class Registry:
         self.signing_key = signing_key
         self._create_signing_key = create_signing_key
 
-    def publish(self, bundle_dir: Path) -> Manifest:
+    def signer(self) -> SigningKey | None:
+        """The signing key, made now if this registry may make one (None: signing is off)."""
+        if self.signing_key is None and self._create_signing_key is not None:
+            self.signing_key = self._create_signing_key()
+        return self.signing_key
+
+    def publish(self, bundle_dir: Path, *, release: bool = True, actor: str = "") -> Manifest:
         """Verify a bundle, sign it (with a key), store its files, and record it as the newest
-        published version."""
+        version. `release=True` also makes it the default channel's version at once, with no
+        evaluation gate (tools and tests that did their own checks); the gated path,
+        cloud_selector/promotion.py, publishes with release=False and releases what passes."""
         bundle_dir = Path(bundle_dir)
         manifest_bytes = read_manifest_bytes(bundle_dir)  # one read: the bytes signed are the bytes stored
         manifest = parse_manifest(manifest_bytes, bundle_dir / MANIFEST_FILE)
@@ -64,9 +73,7 @@ class Registry:
             raise BundleError(f"version {manifest.version} is not newer than the published v{latest['version']}")
         contents = {rel: (bundle_dir / rel).read_bytes() for rel in manifest.files}
         contents[MANIFEST_FILE] = manifest_bytes
-        if self.signing_key is None and self._create_signing_key is not None:
-            self.signing_key = self._create_signing_key()
-        if self.signing_key is not None:
+        if self.signer() is not None:
             signature = sign_manifest(manifest_bytes, self.signing_key)
             verify_manifest(manifest_bytes, signature, {self.signing_key.key_id: self.signing_key.public})
             contents[SIGNATURE_FILE] = signature.to_bytes()
@@ -78,6 +85,10 @@ class Registry:
             files.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
         self.catalog.add_model(version=manifest.version, name=manifest.name, parent_version=manifest.parent_version,
                                manifest=manifest.to_dict(), files=files)
+        releases = Releases(self.catalog, self.signer)
+        releases.record_lineage(manifest.version, trainer_mode=manifest.trainer.get("mode", "imported"), labels=())
+        if release:
+            releases.release(manifest.version, action="publish", actor=actor)
         if self.signing_key is not None:
             log.info("published %s v%d signed by key %s", manifest.name, manifest.version, self.signing_key.key_id)
         else:
@@ -86,7 +97,14 @@ class Registry:
         return manifest
 
     def latest(self) -> dict | None:
+        """The newest version recorded, released or not."""
         return self.catalog.latest_model()
+
+    def released(self, channel: str = "") -> dict | None:
+        """The model the channel runs (the default channel unless named); before anything was
+        ever released, the newest version recorded."""
+        version = Releases(self.catalog).channel_version(channel)
+        return self.catalog.model(version) if version else self.latest()
 
     def next_version(self) -> int:
         versions = [m["version"] for m in self.catalog.list_models()]

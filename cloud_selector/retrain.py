@@ -7,7 +7,6 @@ before and after an update, and a class first seen mid-way simply grows the head
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import LABELED, Catalog
 from cloud_selector.registry import Registry
+from cloud_selector.releases import label_set_digest
 from cloud_selector.rounds import decode_jpeg
 from cloud_selector.trainer import TrainConfig, TrainingError, build_bundle, train_classifier
 from edge_agent.bundle import InputSpec, Manifest
@@ -34,20 +34,13 @@ class RetrainResult:
     seconds: float
 
 
-def label_set_digest(pairs: list[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    for cid, label in sorted(pairs):
-        h.update(f"{cid}\t{label}\n".encode())
-    return h.hexdigest()
-
-
 def retrain(catalog: Catalog, blobs: BlobStore, registry: Registry, *, name: str = "classifier",
             config: TrainConfig = TrainConfig(), default_input: InputSpec = DEFAULT_INPUT,
             progress: bool = False) -> RetrainResult:
     rows = catalog.candidates(states=[LABELED])
     if not rows:
         raise TrainingError("no labeled candidates yet: import labels first (`cloud-selector labels import`)")
-    latest = registry.latest()
+    latest = registry.released()
     parent = latest["version"] if latest else 0
     classes = list(latest["manifest"]["classes"]) if latest else []
     classes += sorted({r.label for r in rows} - set(classes))

@@ -123,7 +123,7 @@ def _contribution(pick: PickedSample, strategy: str) -> float:
 
 def run_round(catalog: Catalog, blobs: BlobStore, registry: Registry, config: RoundConfig) -> RoundResult:
     selection = config.selection_config()  # a bad config fails before any work
-    latest = registry.latest()
+    latest = registry.released()
     if latest is None:
         raise LookupError("no published model yet: train one first (`cloud-selector train`)")
     model = LoadedModel(registry.local_bundle(latest["version"]))

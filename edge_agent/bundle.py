@@ -89,6 +89,9 @@ class Manifest:
     # the model. Empty = report the raw distance.
     novelty_k: int = 1
     novelty_quantiles: tuple[float, ...] = ()
+    # How the model was made: {"mode": "head" | "full" | "external" | "seed", "arch": ..., "config": {...},
+    # "backbone_sha256": ...}. Informational on the device; the cloud's registry keeps the lineage.
+    trainer: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
