@@ -25,7 +25,7 @@ import numpy as np
 from cloud_selector.catalog import now_ms, pack_floats
 from cloud_selector.cli import open_services
 from cloud_selector.labels import import_image_folder
-from cloud_selector.retrain import retrain
+from cloud_selector.retrain import SMALL_CNN, retrain
 from cloud_selector.rounds import RoundConfig, run_round
 from cloud_selector.trainer import TrainConfig
 from edge_agent.runtime import LoadedModel
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in rng.choice(np.flatnonzero(train.labels == label), 10, replace=False):
             cv2.imwrite(str(folder / f"{i}.png"), render_clean(train.images[i], 56))
     import_image_folder(services.catalog, services.blobs, seed)
-    v1 = retrain(services.catalog, services.blobs, services.registry, name="b4", config=TrainConfig(seed=0))
+    v1 = retrain(services.catalog, services.blobs, services.registry, name="b4", config=TrainConfig(seed=0),
+                 trainer=SMALL_CNN)
     model = LoadedModel(services.registry.local_bundle(v1.manifest.version))
     images = train.images[rng.choice(len(train.images), min(args.n, len(train.images)), replace=False)]
     if args.n > len(images):  # beyond the 60k training images: repeat them, jittered by the renderer

@@ -207,17 +207,35 @@ def add_selection_arguments(p: argparse.ArgumentParser, prefix: str = "") -> Non
 
 
 def cmd_train(args, s: Services) -> int:
-    from cloud_selector.retrain import retrain
+    import shlex
+
+    from cloud_selector.evaluation import GatePolicy, format_report
+    from cloud_selector.promotion import ReleasePolicy
+    from cloud_selector.retrain import TrainerChoice, retrain
+    from cloud_selector.rollouts import AbortCriteria
     from cloud_selector.trainer import TrainConfig
 
-    spec = InputSpec(width=args.input_size, height=args.input_size, color=args.color,
-                     mean=(0.5,) * (1 if args.color == "gray" else 3), std=(0.5,) * (1 if args.color == "gray" else 3))
-    result = retrain(s.catalog, s.blobs, s.registry, name=args.name, default_input=spec,
-                     config=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    spec = None
+    if args.input_size or args.color:
+        color = args.color or "gray"
+        channels = 1 if color == "gray" else 3
+        spec = InputSpec(width=args.input_size or 28, height=args.input_size or 28, color=color,
+                         mean=(0.5,) * channels, std=(0.5,) * channels)
+    trainer = TrainerChoice(mode=args.mode, arch=args.arch,
+                            external_command=tuple(shlex.split(args.external_command)))
+    config = TrainConfig(epochs=args.epochs, seed=args.seed) if args.epochs else None
+    result = retrain(s.catalog, s.blobs, s.registry, name=args.name, default_input=spec, config=config,
+                     trainer=trainer, progress=not args.quiet,
+                     gate=None if args.no_gate else GatePolicy(margin=args.margin, critical_classes=tuple(args.critical)),
+                     release=ReleasePolicy(action=args.release, channel=args.channel, stages=args.stages,
+                                           criteria=AbortCriteria()))
+    if result.decision is not None and not args.quiet:
+        print(format_report(result.decision.candidate, result.decision), file=sys.stderr)
     print(json.dumps({"version": result.manifest.version, "parent": result.manifest.parent_version,
-                      "labels": result.labels, "classes": len(result.manifest.classes), "epochs": result.epochs,
-                      "train_accuracy": round(result.train_accuracy, 4), "seconds": round(result.seconds, 1)}))
-    return 0
+                      "mode": result.mode, "labels": result.labels, "classes": len(result.manifest.classes),
+                      "seconds": round(result.seconds, 1), "outcome": result.outcome,
+                      "holdout_accuracy": round(result.decision.candidate.accuracy, 4) if result.decision else None}))
+    return 0 if result.decision is None or result.decision.passed else 1
 
 
 def cmd_keys(args, env: Mapping[str, str]) -> int:
@@ -339,15 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_labels_parser(sub)
 
-    p = sub.add_parser("train", help="retrain on all labels and publish the next model version",
-                       description="Train the small CNN on every labeled candidate, export ONNX (checked, parity "
-                                   "with torch), build a bundle and publish it; devices pick it up.")
+    p = sub.add_parser("train", help="retrain, gate on the held-out set, release what passes",
+                       description="Train the next version on every label outside the fixed held-out set: head "
+                                   "(default; a new linear head on the released model's backbone, so devices fetch "
+                                   "only the head), full (the whole network) or external (your command). The first "
+                                   "version is MobileNetV2 (ImageNet backbone, frozen, 96 px) or --arch small_cnn. "
+                                   "The bundle is exported with checks (onnx.checker, ONNX Runtime vs torch parity), "
+                                   "signed and recorded; then the gate compares it with the released version on the "
+                                   "held-out set and, if it is not worse than --margin, promotes it or starts a "
+                                   "staged rollout (--release). Exit 1 when the gate refuses it.")
+    p.add_argument("--mode", choices=["head", "full", "external"], default="head")
+    p.add_argument("--arch", choices=["mobilenet_v2", "small_cnn"], default="mobilenet_v2",
+                   help="first version only (later versions keep the parent's)")
+    p.add_argument("--external-command", default="", metavar="CMD",
+                   help="external mode: the command; it gets $FLYWHEEL_DATASET and $FLYWHEEL_OUTPUT "
+                        "(see cloud_selector/external_trainer.py) and must write an ONNX file there")
     p.add_argument("--name", default="classifier", help="model name for the first version")
-    p.add_argument("--epochs", type=int, default=40, help="upper bound; early stopping ends sooner (default 40)")
+    p.add_argument("--epochs", type=int, default=0, help="most epochs (default: the mode's own; early stopping)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-size", type=int, default=28, help="first version only: model input size (default 28)")
-    p.add_argument("--color", choices=["gray", "rgb", "bgr"], default="gray", help="first version only")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--input-size", type=int, default=0, help="first version, small_cnn: input size (default 28)")
+    p.add_argument("--color", choices=["gray", "rgb", "bgr"], default="", help="first version, small_cnn (gray)")
+    p.add_argument("--margin", type=float, default=0.01, help="gate: accuracy drop allowed (default 0.01)")
+    p.add_argument("--critical", action="append", default=[], metavar="CLASS",
+                   help="gate: a class whose recall must not drop by more than 0.02 (repeatable)")
+    p.add_argument("--no-gate", action="store_true", help="release without evaluating (not for production)")
+    p.add_argument("--release", choices=["promote", "rollout", "none"], default="promote",
+                   help="what passing the gate does: promote to the channel at once, start a staged rollout, or "
+                        "nothing (`models promote` later); default promote")
+    p.add_argument("--channel", default="", help="release channel (default 'default')")
+    p.add_argument("--stages", type=lambda t: tuple(int(x) for x in t.split(",")), default=(10, 50, 100),
+                   help="--release rollout: cumulative percentages (default 10,50,100)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or report")
     p.set_defaults(func=cmd_train)
 
     add_models_parser(sub)
@@ -382,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     from cloud_selector.releases import ReleaseError
     from cloud_selector.s3store import S3ConfigError
     from cloud_selector.selection_config import SelectionConfigError
+    from cloud_selector.external_trainer import ExternalTrainerError
     from cloud_selector.trainer import ExportError, TrainingError
     from edge_agent.signing import SigningError
 
@@ -393,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_keys(args, os.environ)
         return args.func(args, open_services(args.data_dir, catalog_url=args.catalog, blob_store=args.blob_store))
     except (BundleError, BlobError, LabelFileError, UnknownCandidates, TrainingError, ExportError, LookupError,
+            ExternalTrainerError,
             S3ConfigError, SelectionConfigError, SigningError, ReleaseError, OSError) as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2

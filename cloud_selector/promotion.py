@@ -18,10 +18,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import LABELED, Catalog
-from cloud_selector.evaluation import EvalReport, GateDecision, GatePolicy, evaluate_bundle, gate, holdout_digest, \
-    stratified_holdout
+from cloud_selector.evaluation import (
+    EvalReport,
+    GateDecision,
+    GatePolicy,
+    evaluate,
+    evaluate_bundle,
+    gate,
+    holdout_digest,
+    stratified_holdout,
+)
 from cloud_selector.registry import Registry
 from cloud_selector.releases import ReleaseError, Releases
 from cloud_selector.rollouts import DEFAULT_STAGES, AbortCriteria, start_rollout
@@ -70,10 +80,13 @@ def ensure_holdout(catalog: Catalog, releases: Releases, policy: HoldoutPolicy =
     return pairs
 
 
-def _evaluate(registry: Registry, blobs: BlobStore, version: int, pairs: list[tuple[str, str]],
-              frames) -> EvalReport:
+def _evaluate(registry: Registry, version: int, pairs: list[tuple[str, str]], frames) -> EvalReport:
+    digest = holdout_digest([i for i, _ in pairs], [label for _, label in pairs])
+    if not pairs:  # no held-out set yet: an empty report, which the gate refuses unless it is the first
+        classes = registry.catalog.model(version)["manifest"]["classes"]
+        return evaluate(np.zeros((0, len(classes)), np.float32), [], classes, version=version, holdout_digest=digest)
     return evaluate_bundle(registry.local_bundle(version), frames, [label for _, label in pairs],
-                           holdout_digest=holdout_digest([i for i, _ in pairs], [label for _, label in pairs]))
+                           holdout_digest=digest)
 
 
 def judge(registry: Registry, releases: Releases, blobs: BlobStore, version: int, *,
@@ -83,9 +96,9 @@ def judge(registry: Registry, releases: Releases, blobs: BlobStore, version: int
     rows = {r.id: r for r in registry.catalog.candidates(ids=[i for i, _ in pairs])} if pairs else {}
     pairs = [(i, label) for i, label in pairs if i in rows]
     frames = [decode_jpeg(blobs.get(rows[i].blob_key)) for i, _ in pairs]
-    candidate = _evaluate(registry, blobs, version, pairs, frames)
+    candidate = _evaluate(registry, version, pairs, frames)
     current_version = releases.channel_version(channel)
-    current = (_evaluate(registry, blobs, current_version, pairs, frames)
+    current = (_evaluate(registry, current_version, pairs, frames)
                if current_version and current_version != version else None)
     decision = gate(candidate, current, policy)
     releases.record_evaluation(version, candidate.to_dict(), decision.to_dict(),

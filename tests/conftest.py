@@ -132,7 +132,7 @@ def make_candidate(device_id: str = "cam-test", *, width: int = 32, height: int 
 def seed_model(services, dataset, root: Path, classes=(0, 1, 7, 9), per_class: int = 6, frame_size: int = 56):
     """Import `per_class` labeled images of each class and train v1; returns the local bundle."""
     from cloud_selector.labels import import_image_folder
-    from cloud_selector.retrain import retrain
+    from cloud_selector.retrain import SMALL_CNN, retrain
     from cloud_selector.trainer import TrainConfig
     from flywheel_demo.streams import render_clean
 
@@ -144,7 +144,7 @@ def seed_model(services, dataset, root: Path, classes=(0, 1, 7, 9), per_class: i
             cv2.imwrite(str(folder / f"{index}.png"), render_clean(dataset.images[index], frame_size))
     import_image_folder(services.catalog, services.blobs, root)
     result = retrain(services.catalog, services.blobs, services.registry, name="test-cnn",
-                     config=TrainConfig(epochs=8, seed=0))
+                     config=TrainConfig(epochs=8, seed=0), trainer=SMALL_CNN)
     return services.registry.local_bundle(result.manifest.version)
 
 
