@@ -3,7 +3,7 @@
     labels export OUT [--format F] [--assignee NAME] [--image-base-url URL] [--only-selected]
     labels export-queue OUT.csv          the same as `export OUT --format csv` (older name)
     labels import PATH [--format F|auto] [--allow-new-classes] [--annotator NAME]
-    labels import-folder ROOT            already-labeled images, ROOT/<label>/<image>
+    labels import-folder ROOT [--holdout] already-labeled images, ROOT/<label>/<image>
     labels requeue --older-than-min N    in_labeling items assigned N+ minutes ago -> selected
     labels classes [--add NAME ...]      the class list (and add to it)
     labels history CANDIDATE_ID          the candidate's state and labeling history
@@ -76,6 +76,9 @@ def add_labels_parser(sub: argparse._SubParsersAction) -> None:
 
     a = actions.add_parser("import-folder", help="add already-labeled images from ROOT/<label>/<image>")
     a.add_argument("path", type=Path, metavar="ROOT")
+    a.add_argument("--holdout", action="store_true",
+                   help="make these images the fixed held-out set the evaluation gate measures every model version "
+                        "on (replacing the current one; they are never trained on)")
     a.set_defaults(func=cmd_import_folder)
 
     a = actions.add_parser("requeue", help="return stale in_labeling candidates to the queue",
@@ -151,6 +154,10 @@ def cmd_import_folder(args, s) -> int:
         return _fail(exc)
     print(f"imported {result.imported} labeled images ({result.already_present} already present, "
           f"{len(result.unreadable)} unreadable)")
+    if args.holdout:
+        from cloud_selector.releases import Releases
+
+        print(f"held-out set: {Releases(s.catalog).set_holdout(result.labeled)} images (fixed until replaced)")
     return 0
 
 

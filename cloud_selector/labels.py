@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,6 +31,7 @@ class FolderImport:
     imported: int
     already_present: int
     unreadable: list[str]
+    labeled: list[tuple[str, str]] = field(default_factory=list)  # (candidate id, label) of every image read
 
 
 def import_image_folder(catalog: Catalog, blobs: BlobStore, root: Path) -> FolderImport:
@@ -40,7 +41,8 @@ def import_image_folder(catalog: Catalog, blobs: BlobStore, root: Path) -> Folde
     if not root.is_dir():
         raise LabelFileError(f"{root}: not a directory")
     imported = present = 0
-    unreadable = []
+    unreadable: list[str] = []
+    labeled: list[tuple[str, str]] = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     for class_dir in class_dirs:  # every folder name checked before the first image is stored
         try:
@@ -58,6 +60,7 @@ def import_image_folder(catalog: Catalog, blobs: BlobStore, root: Path) -> Folde
             if not data.startswith(b"\xff\xd8"):
                 data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             cid = str(uuid.uuid5(_IMPORT_NAMESPACE, hashlib.sha256(data).hexdigest() + label))
+            labeled.append((cid, label))
             if catalog.has_candidate(cid):
                 present += 1
                 continue
@@ -74,5 +77,5 @@ def import_image_folder(catalog: Catalog, blobs: BlobStore, root: Path) -> Folde
                 imported += 1
             else:  # another import of the same folder got there first
                 present += 1
-    return FolderImport(imported, present, unreadable)
+    return FolderImport(imported, present, unreadable, labeled)
 

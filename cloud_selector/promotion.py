@@ -64,20 +64,34 @@ class ReleasePolicy:
 
 
 def ensure_holdout(catalog: Catalog, releases: Releases, policy: HoldoutPolicy = HoldoutPolicy()) -> list[tuple[str, str]]:
-    """The held-out set; made from the labeled candidates the first time there are enough."""
+    """The held-out set: made from the labeled candidates the first time there are enough, then
+    fixed. One exception: a class that has labels but no held-out images (it appeared after
+    the set was made) gets its stratified share once, so the gate can see a model learn it;
+    the images already held out never change."""
     pairs = releases.holdout()
-    if pairs:
-        return pairs
     labeled = [(r.id, r.label) for r in catalog.candidates(states=[LABELED])]
-    if len(labeled) < policy.min_labels:
+    if not pairs and len(labeled) < policy.min_labels:
         return []
-    ids = stratified_holdout([i for i, _ in labeled], [label for _, label in labeled], fraction=policy.fraction,
+    covered = {label for _, label in pairs}
+    held = {cid for cid, _ in pairs}
+    pool = [(i, label) for i, label in labeled if i not in held and label not in covered]
+    counts: dict[str, int] = {}
+    for _, label in pool:
+        counts[label] = counts.get(label, 0) + 1
+    if pairs:  # only classes with enough labels to spare a few
+        pool = [(i, label) for i, label in pool if counts[label] > policy.min_per_class]
+    if not pool:
+        return pairs
+    ids = stratified_holdout([i for i, _ in pool], [label for _, label in pool], fraction=policy.fraction,
                              min_per_class=policy.min_per_class, max_size=policy.max_size, seed=policy.seed)
     chosen = set(ids)
-    pairs = [(i, label) for i, label in labeled if i in chosen]
-    releases.set_holdout(pairs)
-    log.info("held-out set made: %d of %d labeled candidates (fixed until reset)", len(pairs), len(labeled))
-    return pairs
+    added = [(i, label) for i, label in pool if i in chosen]
+    if not added:
+        return pairs
+    releases.set_holdout(pairs + added)
+    log.info("held-out set: %s %d labeled candidates (%s)", "grew by" if pairs else "made from", len(added),
+             ", ".join(sorted({label for _, label in added})))
+    return releases.holdout()
 
 
 def _evaluate(registry: Registry, version: int, pairs: list[tuple[str, str]], frames) -> EvalReport:

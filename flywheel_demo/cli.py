@@ -28,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--select", type=int, default=50, help="labels bought per round (default 50)")
     parser.add_argument("--items", type=int, default=150, help="items each camera sees per round (default 150)")
+    parser.add_argument("--model", choices=["mobilenet_v2", "small_cnn"], default="mobilenet_v2",
+                        help="mobilenet_v2 (default): ImageNet backbone frozen, a new head each round (devices fetch "
+                             "only the head); small_cnn: trained from scratch each round")
+    parser.add_argument("--test-size", type=int, default=10_000,
+                        help="test images the accuracy is measured on (default all 10000)")
     args = parser.parse_args(argv)
-    if args.devices < 1 or args.rounds < 1 or args.select < 1 or args.items < 1:
-        parser.error("--devices, --rounds, --select and --items must be >= 1")
+    if min(args.devices, args.rounds, args.select, args.items, args.test_size) < 1:
+        parser.error("--devices, --rounds, --select, --items and --test-size must be >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import shutil
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.out} exists and is not an earlier demo output; choose another --out")
         shutil.rmtree(args.out)
     config = DemoConfig(devices=args.devices, rounds=args.rounds, data_dir=args.data_dir, out=args.out,
-                        seed=args.seed, select_per_round=args.select, items_per_round=args.items)
+                        seed=args.seed, select_per_round=args.select, items_per_round=args.items,
+                        model=args.model, test_size=args.test_size)
     try:
         report = Demo(config).run()
     except (DatasetError, ProcessError) as exc:

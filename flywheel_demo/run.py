@@ -1,5 +1,13 @@
 """The whole flywheel on Fashion-MNIST: seed model, simulated cameras, rounds of upload ->
-select -> oracle labels -> retrain -> hot-swap, with test accuracy after every round.
+select -> oracle labels -> retrain -> evaluation gate -> staged rollout -> hot-swap, with test
+accuracy after every round.
+
+The model is MobileNetV2 with its ImageNet backbone frozen and a linear head retrained each
+round (head-only updates: devices fetch the head, not the backbone), or the small CNN trained
+from scratch (`--model small_cnn`). A labeled held-out set (20 images of each seed class) is
+made once; each new version must not be worse on it than the released one, and passing
+versions reach the cameras through a staged rollout (one camera first, then all) of signed
+bundles that the agents verify against the cloud's public key.
 
 The cloud selector (gRPC service) and each edge agent run as separate processes, exactly as
 deployed; this orchestrator plays the role of the operator and the labeling team, calling the
@@ -25,15 +33,21 @@ from cloud_selector.cli import Services, open_services
 from cloud_selector.keys import KEYS_DIR, PUBLIC_KEY_FILE
 from cloud_selector.dedup import DEFAULT_APPEARANCE_THRESHOLD
 from cloud_selector.label_queue import export_queue, import_labels
-from cloud_selector.retrain import retrain
+from cloud_selector.evaluation import GatePolicy
+from cloud_selector.promotion import ReleasePolicy
+from cloud_selector.releases import Releases
+from cloud_selector.retrain import TrainerChoice, retrain
+from cloud_selector.rollouts import AbortCriteria, running_rollout
 from cloud_selector.rounds import RoundConfig, run_round
 from cloud_selector.trainer import TrainConfig
-from edge_agent.runtime import LoadedModel
+from edge_agent.runtime import LoadedModel, ProviderSettings
 from flywheel_demo import processes
 from flywheel_demo.datasets import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
 from flywheel_demo.streams import StreamPlan, class_mix, load_ground_truth, plan_stream, render_clean, write_stream_video
 
 log = logging.getLogger(__name__)
+
+EVAL_SETTINGS = ProviderSettings(intra_op_threads=0)  # the test-set accuracy: all cores
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,9 @@ class DemoConfig:
     out: Path = Path("runs/demo")
     seed: int = 0
     seed_per_class: int = 10
+    holdout_per_class: int = 20  # the gate's fixed held-out set, from the seed classes
+    model: str = "mobilenet_v2"  # or small_cnn
+    test_size: int = 10_000  # test images accuracy is measured on (the first N of the test split)
     # Absent from the seed labels; the i-th one starts appearing on cameras in round i + 2.
     held_out: tuple[str, ...] = ("Trouser", "Bag")
     items_per_round: int = 150
@@ -59,8 +76,11 @@ class DemoConfig:
 @dataclass
 class RoundReport:
     round: int
-    model_version: int
+    model_version: int  # what the devices run after the round (the new version unless the gate refused it)
     accuracy: float
+    trained_version: int
+    holdout_accuracy: float
+    outcome: str  # what the gate and the rollout did
     labels_total: int
     frames_seen: int
     frames_uploaded: int
@@ -94,15 +114,17 @@ class Demo:
 
     # ------------------------------------------------------------------ setup
 
-    def _seed_folder(self, train: Dataset) -> Path:
-        root = self.out / "seed"
+    def _labeled_folder(self, train: Dataset, name: str, per_class: int) -> Path:
+        """root/<class>/<index>.png for `per_class` unused images of each seed class."""
+        root = self.out / name
         held = {train.classes.index(name) for name in self.c.held_out}
         for label, name in enumerate(train.classes):
             if label in held:
                 continue
             (root / label_name(name)).mkdir(parents=True, exist_ok=True)
             candidates = np.flatnonzero(train.labels == label)
-            for index in self.rng.choice(candidates, self.c.seed_per_class, replace=False):
+            candidates = np.setdiff1d(candidates, list(self.used))
+            for index in self.rng.choice(candidates, per_class, replace=False):
                 self.used.add(int(index))
                 cv2.imwrite(str(root / label_name(name) / f"{index}.png"), render_clean(train.images[index], self.c.frame_size))
         return root
@@ -122,11 +144,19 @@ class Demo:
             f'[source]\ntype = "video"\npath = "{(device_dir / "inbox").resolve()}"\nfollow = true\n'
             f"poll_interval_s = 0.2\n\n"
             f'[model]\nbundle_dir = "{bundle_dir.resolve()}"\n'
-            f'trusted_keys = ["{(self.out / "cloud" / KEYS_DIR / PUBLIC_KEY_FILE).resolve()}"]\n\n'
+            f'trusted_keys = ["{(self.out / "cloud" / KEYS_DIR / PUBLIC_KEY_FILE).resolve()}"]\n'
+            f"health_timeout_s = 2.0\n\n"  # between rounds no frames come: judge on the smoke run
             f"[policy]\nmode = \"threshold\"\nthreshold = {self.c.threshold}\nmax_per_minute = {self.c.max_per_minute}\n\n"
             f'[cloud]\naddress = "127.0.0.1:{port}"\nheartbeat_interval_s = 0.5\n'
         )
         return path
+
+    def _retrain(self, services: Services, *, release: ReleasePolicy, name: str = "classifier"):
+        small = self.c.model == "small_cnn"
+        return retrain(services.catalog, services.blobs, services.registry, name=name,
+                       config=TrainConfig(seed=self.c.seed) if small else None,
+                       trainer=TrainerChoice(mode="full" if small else "head", arch=self.c.model),
+                       gate=GatePolicy(margin=0.01), release=release, actor="demo")
 
     # ------------------------------------------------------------------ rounds
 
@@ -201,23 +231,30 @@ class Demo:
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         train, test = load_fashion_mnist("train", self.c.data_dir), load_fashion_mnist("test", self.c.data_dir)
+        test = Dataset(test.images[:self.c.test_size], test.labels[:self.c.test_size], test.classes)
         test_frames = [render_clean(img, self.c.frame_size) for img in test.images]
         services = open_services(self.out / "cloud")
         from cloud_selector.labels import import_image_folder
 
-        imported = import_image_folder(services.catalog, services.blobs, self._seed_folder(train))
+        imported = import_image_folder(services.catalog, services.blobs,
+                                       self._labeled_folder(train, "seed", self.c.seed_per_class))
+        holdout = import_image_folder(services.catalog, services.blobs,
+                                      self._labeled_folder(train, "holdout", self.c.holdout_per_class))
+        Releases(services.catalog).set_holdout(holdout.labeled)
         print(f"seed: {imported.imported} labeled images of {len(train.classes) - len(self.c.held_out)} classes "
-              f"(held out: {', '.join(self.c.held_out)})", flush=True)
-        v1 = retrain(services.catalog, services.blobs, services.registry, name="fashion-cnn",
-                     config=TrainConfig(seed=self.c.seed))
+              f"(held out: {', '.join(self.c.held_out)}); gate's held-out set: {len(holdout.labeled)} images",
+              flush=True)
+        v1 = self._retrain(services, name=f"fashion-{self.c.model}", release=ReleasePolicy(action="promote"))
         v1_bundle = services.registry.local_bundle(v1.manifest.version)
-        initial_accuracy = accuracy(LoadedModel(v1_bundle), test_frames, test.labels, train.classes)
+        initial_accuracy = accuracy(LoadedModel(v1_bundle, settings=EVAL_SETTINGS), test_frames, test.labels,
+                                    train.classes)
         print(f"model v{v1.manifest.version}: test accuracy {initial_accuracy:.3f}", flush=True)
 
         logs = self.out / "logs"
         server = processes.start("cloud-selector", "cloud_selector",
                                  ["--data-dir", str(self.out / "cloud"), "serve", "--grpc-address", "127.0.0.1:0",
-                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3"],
+                                  "--port-file", str(self.out / "grpc.port"), "--watch-poll", "0.3",
+                                  "--rollout-poll", "0.3"],
                                  logs / "cloud-selector.log")
         self.children.append(server)
         try:
@@ -256,11 +293,15 @@ class Demo:
         selection = run_round(services.catalog, services.blobs, services.registry, RoundConfig(
             n_samples=self.c.select_per_round, duplicate_distance=self.c.duplicate_distance))
         self._oracle_labels(services, train.classes, round_no)
-        trained = retrain(services.catalog, services.blobs, services.registry, config=TrainConfig(seed=self.c.seed))
-        version = trained.manifest.version
-        fleet_after = self._wait_until(services, lambda d, s: s["model_version"] >= version,
+        # One camera first, then all; any failure aborts and sends the canary back.
+        trained = self._retrain(services, release=ReleasePolicy(
+            action="rollout", stages=(100 // self.c.devices or 1, 100),
+            criteria=AbortCriteria(max_failure_fraction=0.0, min_devices=1, device_timeout_s=120)))
+        self._wait_until(services, lambda d, s: running_rollout(services.catalog, "") is None, "the rollout to finish")
+        version = Releases(services.catalog).channel_version()
+        fleet_after = self._wait_until(services, lambda d, s: s["model_version"] == version,
                                        f"every device to run model v{version}")
-        model = LoadedModel(services.registry.local_bundle(version))
+        model = LoadedModel(services.registry.local_bundle(version), settings=EVAL_SETTINGS)
         acc = accuracy(model, test_frames, test.labels, train.classes)
         selected_by_device = {}
         for row in services.catalog.candidates(ids=selection.selected):
@@ -275,7 +316,9 @@ class Demo:
             }
             previous[d] = {"frames_seen": fleet[d]["frames_seen"], "candidates_acked": fleet[d]["candidates_acked"]}
         report = RoundReport(
-            round=round_no, model_version=version, accuracy=acc, labels_total=trained.labels,
+            round=round_no, model_version=version, accuracy=acc, trained_version=trained.manifest.version,
+            holdout_accuracy=trained.decision.candidate.accuracy, outcome=trained.outcome,
+            labels_total=trained.labels,
             frames_seen=sum(v["frames_seen"] for v in devices.values()),
             frames_uploaded=sum(v["frames_uploaded"] for v in devices.values()),
             selected=len(selection.selected), duplicates=selection.duplicates,
@@ -285,7 +328,8 @@ class Demo:
 
 
 def print_round(r: RoundReport) -> None:
-    print(f"\nround {r.round}: model v{r.model_version}, test accuracy {r.accuracy:.3f}, labels {r.labels_total}, "
+    print(f"\nround {r.round}: trained v{r.trained_version} (held-out accuracy {r.holdout_accuracy:.3f}): "
+          f"{r.outcome}; devices run v{r.model_version}, test accuracy {r.accuracy:.3f}, labels {r.labels_total}, "
           f"{r.duplicates} near-duplicates dropped in the cloud")
     print(f"  {'device':<8} {'frames seen':>11} {'uploaded':>9} {'selected':>9} {'model':>6}")
     for d, v in r.devices.items():
