@@ -3,7 +3,15 @@
     frame -> slot.model (ORT) -> scores -> policy (budget, repeats) -> spool (with source progress)
 
 The loop never waits on the network: the uploader, the model updater and the heartbeat run in
-their own threads and meet the loop only through the spool, the model slot and the counters.
+their own threads and meet the loop only through the spool, the model slot, the health monitor
+and the counters.
+
+Every scored frame is recorded in the health monitor (model version, top-class confidence,
+calibrated novelty, inference latency), which is how the updater judges a freshly swapped-in
+model. An inference error on a model still on trial is recorded there too and the frame is
+dropped (reason "inference_error"): the updater then rolls the model back, and the loop goes
+on. On a model that is not on trial (one that already proved itself) the error propagates as
+before: it points at the device, not at the update.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.appearance import RecentFrames
+from edge_agent.health import HealthMonitor, NullHealthMonitor
 from edge_agent.metrics import AgentSnapshot, LatencyWindow
 from edge_agent.policy import Decision, KeepPolicy
 from edge_agent.scoring import FrameScores, score_frame
@@ -40,6 +49,7 @@ _REASON_TO_PB = {
 }
 # Record source progress at least this often for frames that were not kept.
 _PROGRESS_EVERY = 50
+DROP_INFERENCE_ERROR = "inference_error"
 
 
 @dataclass
@@ -59,7 +69,7 @@ class AgentStats:
 class Agent:
     def __init__(self, *, device_id: str, source: FrameSource, slot: ModelSlot, policy: KeepPolicy, spool: Spool,
                  jpeg_quality: int = 90, max_side: int = 0, recent: RecentFrames | None = None,
-                 latency: LatencyWindow | None = None):
+                 latency: LatencyWindow | None = None, health: HealthMonitor | None = None):
         self.device_id = device_id
         self.source = source
         self.slot = slot
@@ -69,6 +79,7 @@ class Agent:
         self.max_side = max_side
         self.recent = recent
         self.latency = latency or LatencyWindow()
+        self.health = health or NullHealthMonitor()
         self.stats = AgentStats()
         self._manual = threading.Event()
 
@@ -89,10 +100,17 @@ class Agent:
     def process(self, frame: Frame) -> Decision:
         model = self.slot.model  # one model for the whole frame, even if a swap happens meanwhile
         started = time.perf_counter()
-        result = model.infer([frame.image])
-        self.latency.record((time.perf_counter() - started) * 1000.0)
+        try:
+            result = model.infer([frame.image])
+        except Exception as exc:  # ORT raises untyped errors; only a model on trial may fail without stopping us
+            if not self.slot.on_trial(model):
+                raise
+            return self._inference_failed(frame, model.version, exc)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self.latency.record(latency_ms)
         probs, embedding = result.probs[0], result.embeddings[0]
         scores = score_frame(probs, embedding, model.bank)
+        self.health.record(model.version, confidence=float(probs.max()), novelty=scores.novelty, latency_ms=latency_ms)
         is_repeat = (lambda: self.recent.is_repeat(frame.image, embedding)) if self.recent is not None else None
         manual = self._manual.is_set()
         self._manual.clear()
@@ -112,6 +130,15 @@ class Agent:
             if progress is not None and (frame.last_in_file or frame.index % _PROGRESS_EVERY == 0):
                 self.spool.record_progress(*progress)
         return decision
+
+    def _inference_failed(self, frame: Frame, version: int, exc: Exception) -> Decision:
+        log.error("inference failed on model v%d, which is on trial: %s: %s", version, type(exc).__name__, exc)
+        self.health.record_error(version, f"{type(exc).__name__}: {exc}")
+        self.stats.frames_seen += 1
+        self.stats.dropped[DROP_INFERENCE_ERROR] = self.stats.dropped.get(DROP_INFERENCE_ERROR, 0) + 1
+        if not self.source.live and (frame.last_in_file or frame.index % _PROGRESS_EVERY == 0):
+            self.spool.record_progress(frame.source, FILE_DONE if frame.last_in_file else frame.index)
+        return Decision(keep=False, combined=0.0, reason=DROP_INFERENCE_ERROR, threshold=0.0)
 
     def _encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The upload image (downscaled to max_side) and its JPEG bytes."""

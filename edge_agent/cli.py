@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,9 @@ from edge_agent.signing import BundleVerifier, KeyFileError, SigningError, load_
 from edge_agent.sources import SourceError, SourceSpec, open_source
 from edge_agent.spool import Spool
 from edge_agent.transport import ClientTls, DeviceCredentials, TransportConfigError, open_channel
-from edge_agent.updater import ModelSlot, ModelUpdater, installed_bundle
+from edge_agent.health import HealthMonitor, HealthPolicy
+from edge_agent.model_store import ModelStore, ModelStoreError
+from edge_agent.updater import CRASH_ENV, STAGES, ModelSlot, ModelUpdater
 from edge_agent.uploader import Uploader
 
 log = logging.getLogger("edge_agent")
@@ -73,29 +76,49 @@ def bundle_verifier(config: AgentConfig) -> BundleVerifier:
 
 
 def _load_initial_model(config: AgentConfig, models_dir: Path, verifier: BundleVerifier) -> LoadedModel:
-    """The newer of the configured bundle and the last installed one, among those that pass
-    the same checks as an update (signature when keys are trusted, hashes, smoke run).
+    """The newest of the installed bundle (CURRENT), the kept previous one and the configured
+    one, among those that pass the same checks as an update (signature when keys are trusted,
+    hashes, smoke run) and whose version was neither revoked nor failed on this device.
 
-    Either may be refused while the other is fine: after a key rotation the configured bundle
-    may carry the retired key's signature while the installed one carries the new key's. The
-    agent starts with what verifies (logging what it refused) and raises the first refusal
-    when nothing does."""
-    settings = provider_settings(config)
-    loaded: list[LoadedModel] = []
+    Any may be refused while another is fine: after a key rotation the configured bundle may
+    carry the retired key's signature while the installed one carries the new key's. The
+    agent starts with what verifies (logging what it refused), falling back from the newest
+    to the kept previous and the configured bundle, and raises the first refusal when nothing
+    does. A model update still on trial (the agent died between its swap and its health
+    verdict) is rolled back first: its version is marked failed and a ROLLED_BACK report waits
+    in the outbox for the updater."""
+    store = ModelStore(models_dir)
+    store.recover_trial(config.device.id)
+    configured = Path(config.model.bundle_dir).resolve()
+    previous = store.previous
+    kept = previous.dir if previous is not None and previous.dir.is_dir() else None
+    usable: list[tuple[int, bool, Path]] = []
     refused: list[tuple[Path, BundleError]] = []
-    for bundle_dir in (Path(config.model.bundle_dir), installed_bundle(models_dir)):
-        if bundle_dir is None:
-            continue
+    for bundle_dir in dict.fromkeys(d.resolve() for d in (configured, store.installed_bundle(), kept) if d):
         try:
-            verifier.verify(bundle_dir)
-            loaded.append(LoadedModel(bundle_dir, settings=settings))
+            version = verifier.verify(bundle_dir).manifest.version
+            excluded = store.excluded(version)
+            if excluded:
+                raise BundleError(f"{excluded}: never run again")
+            usable.append((version, bundle_dir == configured, bundle_dir))
         except BundleError as exc:
             refused.append((bundle_dir, exc))
-    if not loaded:
+    model = None
+    for _, _, bundle_dir in sorted(usable, reverse=True):  # the newest first; a tie keeps the configured one
+        try:
+            model = LoadedModel(bundle_dir, settings=provider_settings(config))
+            break
+        except BundleError as exc:
+            refused.append((bundle_dir, exc))
+    if model is None:
         raise refused[0][1]
     for bundle_dir, exc in refused:
         log.warning("bundle %s is unusable (%s); not using it", bundle_dir, exc)
-    return max(loaded, key=lambda model: model.version)  # a tie keeps the configured one
+    installed = store.installed_bundle()
+    if installed is not None and installed.resolve() != model.bundle_dir:
+        store.point_current(model.bundle_dir)  # CURRENT names what runs, for the next start
+    store.prune(model.version)
+    return model
 
 
 def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
@@ -103,6 +126,9 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     models_dir = state_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     verifier = bundle_verifier(config)
+    crash_at = os.environ.get(CRASH_ENV, "")
+    if crash_at not in ("", *STAGES):
+        raise ConfigError(f"{CRASH_ENV}={crash_at!r} (a crash-test hook) must be one of {', '.join(STAGES)}, or unset")
     slot = ModelSlot(_load_initial_model(config, models_dir, verifier))
     log.info("device %s running model %s v%d on %s", config.device.id, slot.model.manifest.name, slot.version,
              ", ".join(slot.model.providers))
@@ -118,9 +144,10 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     spool = Spool(state_dir / "spool.sqlite", synchronous=config.spool.synchronous,
                   cap_bytes=int(config.spool.cap_mb * 1024 * 1024))
     channel = cloud_channel(config)
+    health = HealthMonitor()
     agent = Agent(device_id=config.device.id, source=source, slot=slot, policy=KeepPolicy(config.policy_config()),
                   spool=spool, jpeg_quality=config.upload.jpeg_quality, max_side=config.upload.max_side,
-                  recent=recent if recent.enabled else None)
+                  recent=recent if recent.enabled else None, health=health)
     uploader = Uploader(channel, spool, window=config.upload.window, ack_timeout_s=config.upload.ack_timeout_s)
     heartbeat = Heartbeat(channel, agent, uploader, interval_s=config.cloud.heartbeat_interval_s)
 
@@ -141,7 +168,10 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
         updater = ModelUpdater(channel, device_id=config.device.id, models_dir=models_dir, slot=slot,
                                load_model=lambda path: LoadedModel(path, settings=provider_settings(config)),
                                release_channel=config.cloud.release_channel, verifier=verifier,
-                               max_bundle_bytes=int(config.model.max_bundle_mb * 1024 * 1024))
+                               max_bundle_bytes=int(config.model.max_bundle_mb * 1024 * 1024), health=health,
+                               health_policy=HealthPolicy(config.model.health_frames, config.model.health_timeout_s,
+                                                          config.model.max_latency_ratio),
+                               crash_at=crash_at)
         workers.append(threading.Thread(target=updater.run, args=(stop,), name="updater", daemon=True))
     for worker in workers:
         worker.start()
@@ -243,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             return doctor(config)
         return run(config, drain_timeout_s=args.drain_timeout)
-    except (ConfigError, BundleError, SigningError, SourceError, TransportConfigError) as exc:
+    except (ConfigError, BundleError, ModelStoreError, SigningError, SourceError, TransportConfigError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return 2
 

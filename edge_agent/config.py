@@ -85,6 +85,16 @@ class ModelSection:
         "Set false only while the cloud still publishes unsigned bundles. No effect when trusted_keys is empty.", True)
     max_bundle_mb: float = _doc("Refuse a model update whose files add up to more than this many MiB, before "
                                 "downloading any of it (0 = no limit).", 200.0)
+    health_frames: int = _doc(
+        "After swapping in a model update, judge it on this many frames (the cloud's assignment may ask for another "
+        "number) before reporting it healthy; 0 = report it healthy right after the swap (a device without a camera).",
+        30)
+    health_timeout_s: float = _doc(
+        "Wait at most this long for those frames; the verdict then rests on the frames that came (none: healthy, and "
+        "the report says so).", 60.0)
+    max_latency_ratio: float = _doc(
+        "Roll a model update back on the device when its median inference latency over those frames is above this "
+        "multiple of the previous model's (any inference error rolls it back too).", 3.0)
 
 
 @dataclass
@@ -202,6 +212,11 @@ class AgentConfig:
             raise ConfigError("model.warmup_runs and model.intra_op_threads must be >= 0")
         if self.model.max_bundle_mb < 0:
             raise ConfigError("model.max_bundle_mb must be >= 0 (0 = no limit)")
+        if self.model.health_frames < 0 or self.model.health_timeout_s <= 0:
+            raise ConfigError("model.health_frames must be >= 0 (0 = no health check) and model.health_timeout_s > 0")
+        if self.model.max_latency_ratio < 1.0:
+            raise ConfigError(f"model.max_latency_ratio must be >= 1.0 (a new model may be as fast as the old one); "
+                              f"got {self.model.max_latency_ratio}")
         if any(not isinstance(path, str) or not path for path in self.model.trusted_keys):
             raise ConfigError("model.trusted_keys must be a list of public key file paths")
         unknown = [name for name in self.model.providers if name not in ort.get_all_providers()]

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cloud_selector.releases import Releases
+
 from conftest import seed_model, wait_for
 from edge_agent.bundle import (
     MANIFEST_FILE,
@@ -255,7 +257,7 @@ def seeded(tmp_path_factory, fashion_train):
 def derive(v1: Path, out: Path, version: int, extra: dict[str, Path] | None = None) -> Path:
     """A bundle with v1's model under a new version (what a retrain would publish)."""
     manifest = load_manifest(v1)
-    files = {"model.onnx": v1 / "model.onnx", "novelty_bank.npy": v1 / "novelty_bank.npy", **(extra or {})}
+    files = {**{rel: v1 / rel for rel in manifest.files}, **(extra or {})}
     write_bundle(out, replace(manifest, version=version, parent_version=version - 1, files={}), files)
     return out
 
@@ -321,6 +323,7 @@ def test_updater_refuses_bad_bundles_and_keeps_its_model(seeded, tmp_path):
             services.blobs.put(bundle_key(4, f["path"]), services.blobs.get(bundle_key(1, f["path"])))
         services.catalog.add_model(version=4, name=old["name"], parent_version=3, manifest=old["manifest"],
                                    files=old["files"])
+        Releases(services.catalog).release(4)  # what a promote of a tampered row would send
         refused(4, "rollback refused: the bundle's manifest says v1")
 
         # (d) properly signed but over the size limit: refused before any download
@@ -333,7 +336,7 @@ def test_updater_refuses_bad_bundles_and_keeps_its_model(seeded, tmp_path):
         # a properly signed newer version is installed, its signature with it
         services.registry.publish(derive(v1, tmp_path / "v6", 6))
         wait_for(lambda: slot.version == 6, 20, "the agent to install v6")
-        assert installs(services.catalog)[6][0] == "installed"
+        assert installs(services.catalog)[6][0] == "healthy"  # reported installed, then healthy
         assert (models_dir / CURRENT_FILE).read_text() == "v6"
         assert verifier.verify(models_dir / "v6").signed_by == cloud_key.key_id
     finally:
