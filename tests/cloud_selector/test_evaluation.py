@@ -247,7 +247,7 @@ def test_small_holdout_is_refused_saying_how_many_labels_are_needed():
 
 
 def test_different_holdouts_are_refused():
-    decision = gate(scored_n(40, version=2, digest="1" * 64), scored_n(30, digest="2" * 64), GatePolicy())
+    decision = gate(scored_n(40, version=2, digest="1" * 64), scored_n(30, digest="2" * 64), GatePolicy(metric="accuracy"))
     assert not decision.passed
     assert len(decision.reasons) == 1
     assert "compare on the same held-out set; re-evaluate the current model" in decision.reasons[0]
@@ -255,11 +255,11 @@ def test_different_holdouts_are_refused():
 
 def test_accuracy_drop_beyond_margin_is_refused_and_within_margin_passes():
     current = scored_n(32, n=100)  # 0.32
-    refused = gate(scored_n(30, n=100, version=2), current, GatePolicy(margin=0.01))  # 0.30 < 0.31
+    refused = gate(scored_n(30, n=100, version=2), current, GatePolicy(metric="accuracy", margin=0.01))  # 0.30 < 0.31
     assert not refused.passed
     assert refused.reasons == ["accuracy 0.300 < 0.310 needed (current 0.320 - margin 0.010)"]
     # 0.31 >= 0.32 - 0.01 exactly, though 0.32 - 0.01 is not exactly 0.31 in floating point.
-    assert gate(scored_n(31, n=100, version=2), current, GatePolicy(margin=0.01)).passed
+    assert gate(scored_n(31, n=100, version=2), current, GatePolicy(metric="accuracy", margin=0.01)).passed
 
 
 def test_critical_class_recall_drop_is_refused_even_when_accuracy_rises():
@@ -280,13 +280,13 @@ def test_critical_class_missing_from_the_holdout_is_refused_by_name():
 
 def test_every_failed_rule_is_listed():
     decision = gate(scored_n(2, n=10, version=2, digest="1" * 64), scored_n(10, n=10, digest="2" * 64),
-                    GatePolicy(critical_classes=("ghost",)))
+                    GatePolicy(metric="accuracy", critical_classes=("ghost",)))
     assert not decision.passed
     assert [r.split()[0] for r in decision.reasons] == ["held-out", "v2", "accuracy", "critical"]
 
 
 def test_a_pass_lists_what_was_checked():
-    decision = gate(scored_n(40, version=2), scored_n(38), GatePolicy(critical_classes=("a",)))
+    decision = gate(scored_n(40, version=2), scored_n(38), GatePolicy(metric="accuracy", critical_classes=("a",)))
     assert decision.passed
     assert len(decision.reasons) == 4
     assert decision.reasons[0] == "held-out set has 40 labels; the gate needs at least 20"
@@ -335,11 +335,11 @@ def test_gate_refuses_a_shuffled_label_model_and_passes_a_real_one():
     assert good.holdout_size == 100 and good.accuracy > 0.95
     assert 0.3 < bad.accuracy < 0.7
 
-    refused = gate(bad, good, GatePolicy(critical_classes=("cat",)))
+    refused = gate(bad, good, GatePolicy(metric="accuracy", critical_classes=("cat",)))
     assert not refused.passed
     assert [r.split()[0] for r in refused.reasons] == ["accuracy", "recall"]  # cat's recall fell too
     better = evaluate(real(x[test]), true, classes, version=3, holdout_digest=digest)
-    assert gate(better, bad, GatePolicy(critical_classes=("cat",))).passed
+    assert gate(better, bad, GatePolicy(metric="accuracy", critical_classes=("cat",))).passed
 
 
 # --- evaluate_bundle: a real ONNX bundle run by ONNX Runtime ---------------------------------
@@ -399,9 +399,9 @@ def test_evaluate_bundle_runs_the_model_with_onnx_runtime(tmp_path):
 
 
 def test_format_report_shows_figures_classes_and_verdict(report):
-    decision = gate(report, scored(TRUE, TRUE), GatePolicy(min_holdout=5))
+    decision = gate(report, scored(TRUE, TRUE), GatePolicy(metric="accuracy", min_holdout=5))
     text = format_report(report, decision)
-    assert "accuracy 0.700  macro F1 0.698  ECE 0.154" in text
+    assert "accuracy 0.700  balanced accuracy " in text
     assert "a      1.000  0.750  0.857        4" in text
     assert "\n     a    b    c\na    3    1    0\nb    0    2    1\nc    0    1    2\n" in text
     assert "gate: REFUSED against v1" in text
@@ -425,3 +425,22 @@ def test_importing_the_module_loads_no_runtime():
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'cv2'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_balanced_accuracy_lets_a_late_class_count():
+    """A class with 2 held-out images barely moves plain accuracy; with the default metric a
+    model that learned it is not refused for a small loss on the old classes."""
+    classes = ("a", "b", "new")
+    true = ["a"] * 49 + ["b"] * 49 + ["new"] * 2
+    old = np.zeros((100, 3), np.float32)
+    old[:49, 0] = old[49:98, 1] = 1.0
+    old[98:, 0] = 1.0  # cannot predict "new"
+    learned = old.copy()
+    learned[98:] = [0, 0, 1]
+    learned[:5] = [0, 1, 0]  # five old-class mistakes
+    current = evaluate(old, true, classes, version=1, holdout_digest=DIGEST, evaluated_at=WHEN)
+    candidate = evaluate(learned, true, classes, version=2, holdout_digest=DIGEST, evaluated_at=WHEN)
+    assert candidate.accuracy < current.accuracy - 0.01  # plain accuracy would refuse it
+    assert not gate(candidate, current, GatePolicy(metric="accuracy")).passed
+    assert candidate.balanced_accuracy > current.balanced_accuracy
+    assert gate(candidate, current, GatePolicy()).passed
