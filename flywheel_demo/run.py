@@ -79,7 +79,7 @@ class RoundReport:
     model_version: int  # what the devices run after the round (the new version unless the gate refused it)
     accuracy: float
     trained_version: int
-    holdout_accuracy: float
+    holdout_accuracy: float  # balanced accuracy on the gate's held-out set (what the gate compares)
     outcome: str  # what the gate and the rollout did
     labels_total: int
     frames_seen: int
@@ -317,7 +317,7 @@ class Demo:
             previous[d] = {"frames_seen": fleet[d]["frames_seen"], "candidates_acked": fleet[d]["candidates_acked"]}
         report = RoundReport(
             round=round_no, model_version=version, accuracy=acc, trained_version=trained.manifest.version,
-            holdout_accuracy=trained.decision.candidate.accuracy, outcome=trained.outcome,
+            holdout_accuracy=trained.decision.candidate.balanced_accuracy, outcome=trained.outcome,
             labels_total=trained.labels,
             frames_seen=sum(v["frames_seen"] for v in devices.values()),
             frames_uploaded=sum(v["frames_uploaded"] for v in devices.values()),
@@ -328,7 +328,7 @@ class Demo:
 
 
 def print_round(r: RoundReport) -> None:
-    print(f"\nround {r.round}: trained v{r.trained_version} (held-out accuracy {r.holdout_accuracy:.3f}): "
+    print(f"\nround {r.round}: trained v{r.trained_version} (held-out balanced accuracy {r.holdout_accuracy:.3f}): "
           f"{r.outcome}; devices run v{r.model_version}, test accuracy {r.accuracy:.3f}, labels {r.labels_total}, "
           f"{r.duplicates} near-duplicates dropped in the cloud")
     print(f"  {'device':<8} {'frames seen':>11} {'uploaded':>9} {'selected':>9} {'model':>6}")
