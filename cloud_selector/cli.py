@@ -75,9 +75,10 @@ def cmd_serve(args, s: Services) -> int:
         print("cloud-selector: error: --tls-cert and --tls-key go together (and --tls-client-ca needs both)",
               file=sys.stderr)
         return 2
-    if args.health_address and (":" not in args.health_address or not args.health_address.rpartition(":")[2].isdigit()):
-        print(f"cloud-selector: error: --health-address must be HOST:PORT, got {args.health_address!r}", file=sys.stderr)
-        return 2
+    for flag, address in (("--health-address", args.health_address), ("--dashboard-address", args.dashboard_address)):
+        if address and (":" not in address or not address.rpartition(":")[2].isdigit()):
+            print(f"cloud-selector: error: {flag} must be HOST:PORT, got {address!r}", file=sys.stderr)
+            return 2
     if args.rate_limit < 0 or args.rate_burst < 1:
         print("cloud-selector: error: --rate-limit must be >= 0 and --rate-burst >= 1", file=sys.stderr)
         return 2
@@ -86,6 +87,15 @@ def cmd_serve(args, s: Services) -> int:
     except TlsConfigError as exc:
         print(f"cloud-selector: error: {exc}", file=sys.stderr)
         return 2
+    dashboard_secret = None
+    if args.dashboard_address:  # read (or made) now: a bad secret file stops serve before anything listens
+        from cloud_selector.dashboard.server import DashboardConfigError, dashboard_secret as read_secret
+
+        try:
+            dashboard_secret = read_secret(args.data_dir, os.environ)
+        except DashboardConfigError as exc:
+            print(f"cloud-selector: error: {exc}", file=sys.stderr)
+            return 2
     schedule = Schedule(every_n=args.select_every_n, every_s=args.select_every_min * 60, poll_s=args.select_poll)
     scheduler = SelectionScheduler(s.catalog, s.blobs, s.registry, round_config(args), schedule,
                                    replica=args.replica_name or f"{socket.gethostname()}:{os.getpid()}")
@@ -108,6 +118,18 @@ def cmd_serve(args, s: Services) -> int:
             "blob_store": lambda: s.blobs.exists("health/probe"),
         }).start()
         print(f"cloud-selector: health on http://{host or '0.0.0.0'}:{health.port}/readyz", flush=True)
+    dashboard = None
+    if args.dashboard_address:
+        from cloud_selector.dashboard.server import DashboardConfigError
+
+        try:
+            dashboard = start_dashboard(args, s, dashboard_secret)
+        except DashboardConfigError as exc:
+            print(f"cloud-selector: error: {exc}", file=sys.stderr)
+            if health is not None:
+                health.stop()
+            running.stop(grace_s=0.5)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -116,11 +138,29 @@ def cmd_serve(args, s: Services) -> int:
     controller = RolloutController(Releases(s.catalog, s.registry.signer), interval_s=args.rollout_poll)
     threading.Thread(target=controller.run, args=(stop,), name="rollouts", daemon=True).start()
     stop.wait()
+    if dashboard is not None:
+        dashboard.stop()
     if health is not None:
         health.stop()
     running.stop(grace_s=3.0)
     log.info("stopped")
     return 0
+
+
+def start_dashboard(args, s: Services, secret: bytes):
+    """The dashboard's web server in a thread (TLS with serve's --tls-cert/--tls-key when given)."""
+    from cloud_selector.dashboard.server import serve_dashboard
+    from cloud_selector.users import UserStore
+
+    dashboard = serve_dashboard(s, args.dashboard_address, secret, ssl_certfile=args.tls_cert or None,
+                                ssl_keyfile=args.tls_key or None)
+    print(f"cloud-selector: dashboard on {dashboard.url}", flush=True)
+    if not UserStore(s.catalog).list():
+        print("cloud-selector: no dashboard user yet: `cloud-selector users add NAME --role admin`", flush=True)
+    if not dashboard.tls and dashboard.host not in ("127.0.0.1", "localhost", "::1"):
+        print("cloud-selector: the dashboard's session cookies are Secure: browsers send them over https or to "
+              "localhost only, so put it behind a TLS proxy or give --tls-cert/--tls-key", flush=True)
+    return dashboard
 
 
 def cmd_devices(args, s: Services) -> int:
@@ -277,6 +317,7 @@ def cmd_status(args, s: Services) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from cloud_selector.label_commands import add_labels_parser
     from cloud_selector.model_commands import add_models_parser
+    from cloud_selector.user_commands import add_users_parser
 
     parser = argparse.ArgumentParser(
         prog="cloud-selector",
@@ -308,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-address", default="", metavar="HOST:PORT",
                    help="serve HTTP /healthz (liveness) and /readyz (catalog and blob store answer) here for "
                         "load balancers and Kubernetes probes (default: off)")
+    p.add_argument("--dashboard-address", default="", metavar="HOST:PORT",
+                   help="serve the web dashboard here (default: off; port 0 picks a free one). Users sign in with "
+                        "accounts from `cloud-selector users add`; sessions are signed with "
+                        "$CLOUD_SELECTOR_DASHBOARD_SECRET or DATA_DIR/keys/dashboard_secret (made on first use). "
+                        "With --tls-cert/--tls-key it serves https too")
     p.add_argument("--tls-cert", help="PEM certificate chain of the server; with --tls-key serves TLS "
                                       "(default: plaintext, e.g. on loopback or behind a TLS proxy)")
     p.add_argument("--tls-key", help="PEM private key of the server")
@@ -391,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     add_models_parser(sub)
+    add_users_parser(sub)
 
     p = sub.add_parser("keys", help="the key that signs model bundles: create it, show its public key",
                        description="init [--force]: create the Ed25519 key pair in DATA_DIR/keys/ (private key mode "

@@ -1,0 +1,1 @@
+"""The dashboard's pages: every module here contributes `routes()` (see cloud_selector.dashboard)."""
