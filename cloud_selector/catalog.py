@@ -13,6 +13,7 @@ Candidate states (the labeling queue is `selected` + `in_labeling`):
       └──> duplicate      └──── requeue_stale ───────────┤  (assigned too long ago)
                                                          └──skip──> skipped
     any state ──reject──> rejected          any state ──label──> labeled
+    pooled, duplicate, skipped, rejected ──queue_for_labeling (by hand)──> selected
 
 A label from a person is the latest word: `set_labels` labels a candidate in any state (also
 skipped, rejected or duplicate), and every outcome of labeling (labeled, skipped, rejected) is
@@ -80,6 +81,7 @@ from cloud_selector.schema import (  # noqa: F401
     classes,
     device_credentials,
     devices,
+    fleet_daily,
     installs,
     label_events,
     locks,
@@ -101,6 +103,7 @@ POOLED, DUPLICATE, SELECTED, LABELED, REJECTED = "pooled", "duplicate", "selecte
 IN_LABELING, SKIPPED = "in_labeling", "skipped"
 STATES = (POOLED, DUPLICATE, SELECTED, IN_LABELING, LABELED, SKIPPED, REJECTED)
 QUEUED = (SELECTED, IN_LABELING)  # the labeling queue: picked by a selection run, no outcome yet
+REQUEUEABLE = (POOLED, DUPLICATE, SKIPPED, REJECTED)  # what `queue_for_labeling` moves to selected
 # Where a label came from (label_events.source): the four file formats, an image folder, a person
 # or program calling the API.
 LABEL_SOURCES = ("csv", "label-studio", "coco", "yolo", "folder", "manual")
@@ -112,6 +115,11 @@ _ID_CHUNK = 10_000
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def utc_day(ms: int) -> str:
+    """'YYYY-MM-DD' of a time in ms since the epoch, in UTC (how `fleet_daily` names days)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
 
 
 def pack_floats(values: Sequence[float]) -> bytes:
@@ -475,6 +483,35 @@ class Catalog:
                     [{"cid": cid} for cid in moving])
         return len(moving)
 
+    def queue_for_labeling(self, ids: Iterable[str]) -> int:
+        """Put candidates in the labeling queue by hand (the dashboard): pooled, duplicate,
+        skipped and rejected ones move to `selected` (a duplicate keeps its duplicate_of, for
+        the record); queued and labeled ones keep their state. No label event: entering the
+        queue is not an outcome. Returns how many moved; raises UnknownCandidates, changing
+        nothing."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._writing() as conn:
+            current = self._lock_rows(conn, ids)
+            moving = sorted(cid for cid, row in current.items() if row.state in REQUEUEABLE)
+            if moving:
+                conn.execute(candidates.update().where(candidates.c.id == sa.bindparam("cid"))
+                             .values(state=SELECTED, assigned_to=None, assigned_ms=None),
+                             [{"cid": cid} for cid in moving])  # id order (module docstring)
+        return len(moving)
+
+    def claim_for_labeling(self, candidate_id: str, assignee: str) -> bool:
+        """Hand one queued candidate to `assignee` unless someone else holds it: a selected one,
+        or one `assignee` already holds, becomes in_labeling for them from now. False when it
+        is not free (another labeler claimed it first, or it left the queue): of two labelers
+        racing for one candidate, exactly one gets it."""
+        free = sa.or_(candidates.c.state == SELECTED,
+                      (candidates.c.state == IN_LABELING) & (candidates.c.assigned_to == assignee[:128]))
+        with self.engine.begin() as conn:
+            return conn.execute(candidates.update().where(candidates.c.id == candidate_id, free).values(
+                state=IN_LABELING, assigned_to=assignee[:128], assigned_ms=now_ms())).rowcount == 1
+
     def requeue_stale(self, older_than_s: float) -> int:
         """Return in_labeling candidates assigned `older_than_s` or more ago to `selected`, so
         the next export hands them to someone else (a labeler who left, an export nobody
@@ -709,14 +746,26 @@ class Catalog:
     # -------------------------------------------------------------- fleet
 
     def record_heartbeat(self, values: dict) -> None:
-        """Insert or update the device's row in one statement, so that concurrent heartbeats
-        of a new device (two replicas behind a load balancer) cannot collide."""
-        values = {**values, "last_seen_ms": now_ms(), "status": json.dumps(values.get("status", {}))}
-        upsert = self._insert(devices).values(**values)
-        upsert = upsert.on_conflict_do_update(index_elements=[devices.c.id],
-                                              set_={k: upsert.excluded[k] for k in values if k != "id"})
+        """Insert or update the device's row, and its counters of today (UTC) in `fleet_daily`,
+        in one transaction; each is one statement, so that concurrent heartbeats of a new device
+        (two replicas behind a load balancer) cannot collide. `bytes_uploaded` is read from the
+        status (where the Fleet service puts the heartbeat's health fields), 0 when absent."""
+        stamp = now_ms()
+        status = values.get("status", {})
+        values = {**values, "last_seen_ms": stamp, "status": json.dumps(status)}
+        daily = {"device_id": values["id"], "day": utc_day(stamp),
+                 **{k: int(values.get(k) or 0) for k in ("frames_seen", "frames_kept", "candidates_acked")},
+                 "bytes_uploaded": int(status.get("bytes_uploaded") or 0)}
         with self.engine.begin() as conn:
-            conn.execute(upsert)
+            conn.execute(self._upsert(devices, values, [devices.c.id]))
+            conn.execute(self._upsert(fleet_daily, daily, [fleet_daily.c.device_id, fleet_daily.c.day]))
+
+    def _upsert(self, table: sa.Table, values: dict, keys: list[sa.Column]):
+        """INSERT ... ON CONFLICT (keys) DO UPDATE SET every other column given."""
+        statement = self._insert(table).values(**values)
+        names = {k.name for k in keys}
+        return statement.on_conflict_do_update(index_elements=keys,
+                                               set_={k: statement.excluded[k] for k in values if k not in names})
 
     def devices(self) -> list[dict]:
         with self.engine.connect() as conn:

@@ -39,7 +39,7 @@ import numpy as np
 
 from cloud_selector.auth import AllowUnauthenticated, Authenticator, check_claim
 from cloud_selector.blobstore import BlobStore
-from cloud_selector.catalog import Catalog, now_ms, pack_floats
+from cloud_selector.catalog import MAX_LABEL_CHARS, Catalog, now_ms, pack_floats
 from protos import flywheel_pb2 as pb
 from protos import flywheel_pb2_grpc as pb_grpc
 
@@ -84,6 +84,19 @@ class ModelShape:
 
     embedding_dim: int
     num_classes: int
+    classes: tuple[str, ...] = ()  # the manifest's class names, in output order
+
+
+def predicted_class(probabilities, classes: tuple[str, ...]) -> tuple[str | None, float | None]:
+    """(name, probability) of the most probable class, the first listed on a tie; (None, None)
+    when the class list is unknown or does not match the vector (the dashboard's "unknown").
+    Stored with the candidate at ingest (candidates.predicted_class / predicted_prob)."""
+    if not classes or len(probabilities) != len(classes):
+        return None, None
+    best = int(np.argmax(np.asarray(probabilities, dtype=np.float64)))
+    if len(classes[best]) > MAX_LABEL_CHARS:  # not a name the catalog can hold
+        return None, None
+    return classes[best], float(probabilities[best])
 
 
 class InvalidCandidate(ValueError):
@@ -246,8 +259,9 @@ class IngestService(pb_grpc.IngestServicer):
             if record is None:  # maybe published later: do not cache the miss
                 return None
             manifest = record["manifest"]
+            classes = tuple(str(name) for name in manifest.get("classes", ()))
             shape = ModelShape(embedding_dim=max(0, int(manifest.get("embedding_dim", 0) or 0)),
-                               num_classes=len(manifest.get("classes", ())))
+                               num_classes=len(classes), classes=classes)
             self._shapes[version] = shape
         return shape
 
@@ -265,6 +279,7 @@ class IngestService(pb_grpc.IngestServicer):
             return pb.Ack(candidate_id=c.candidate_id[:128], status=pb.ACK_STATUS_REJECTED, detail=str(exc))
         cid = c.candidate_id.lower()
         key = f"candidates/{cid[:2]}/{cid}.jpg"
+        top, top_prob = predicted_class(c.probabilities, shape.classes if shape else ())
         self.blobs.put(key, c.jpeg)
         inserted = self.catalog.insert_candidate({
             "id": cid, "device_id": c.device_id, "capture_time_ms": c.capture_time_ms, "received_ms": now_ms(),
@@ -274,6 +289,7 @@ class IngestService(pb_grpc.IngestServicer):
             "least_confidence": c.scores.least_confidence, "margin": c.scores.margin, "entropy": c.scores.entropy,
             "novelty": c.scores.novelty, "combined": c.scores.combined,
             "reason": _REASONS.get(c.reason, "unspecified"), "extra": json.dumps(dict(c.metadata)),
+            "predicted_class": top, "predicted_prob": top_prob,
         })
         status = pb.ACK_STATUS_STORED if inserted else pb.ACK_STATUS_ALREADY_STORED
         return pb.Ack(candidate_id=c.candidate_id, status=status)

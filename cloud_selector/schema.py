@@ -12,6 +12,13 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+# Every column the dashboard's candidate grid filters, sorts or counts on, led by its default
+# order (received_ms, id): one covering index (0007 says why).
+DASHBOARD_INDEX_COLUMNS = (
+    "received_ms", "id", "device_id", "state", "reason", "predicted_class", "label", "least_confidence", "margin",
+    "entropy", "novelty", "combined", "predicted_prob", "capture_time_ms", "jpeg_bytes",
+)
+
 candidates = sa.Table(
     "candidates", metadata,
     sa.Column("id", sa.String(36), primary_key=True),
@@ -39,10 +46,19 @@ candidates = sa.Table(
     sa.Column("labeled_ms", sa.BigInteger),
     sa.Column("assigned_to", sa.String(128)),  # in_labeling: the labeler or export holding it (0004)
     sa.Column("assigned_ms", sa.BigInteger),
+    # The top class of `probabilities` by the model version's class list, set at ingest (0007);
+    # NULL when the catalog did not know the version's classes then ("unknown"), and on older rows.
+    sa.Column("predicted_class", sa.String(128)),
+    sa.Column("predicted_prob", sa.Float),
     # The dashboard's lists: by state newest first, a device's frames in order, a run's picks.
     sa.Index("ix_candidates_state_received_ms", "state", "received_ms"),
     sa.Index("ix_candidates_device_id_capture_time_ms", "device_id", "capture_time_ms"),
     sa.Index("ix_candidates_selection_run", "selection_run"),
+    # 0007: the candidate grid (why this index is so wide: the revision's docstring), a class's
+    # candidates, and the near-duplicates of one candidate.
+    sa.Index("ix_candidates_dashboard", *DASHBOARD_INDEX_COLUMNS),
+    sa.Index("ix_candidates_predicted_class", "predicted_class"),
+    sa.Index("ix_candidates_duplicate_of", "duplicate_of"),
 )
 
 selection_runs = sa.Table(
@@ -132,6 +148,7 @@ label_events = sa.Table(
     sa.Column("note", sa.Text, nullable=False),  # e.g. why it was rejected
     sa.Column("at_ms", sa.BigInteger, nullable=False),
     sa.Index("ix_label_events_candidate_id", "candidate_id"),
+    sa.Index("ix_label_events_at_ms", "at_ms"),  # 0007: the dashboard's labels per day
 )
 
 # The label set imports are checked against (module docstring); id gives the order added (0004).
@@ -261,4 +278,39 @@ rollout_devices = sa.Table(
     sa.Column("health", sa.Text),  # JSON of the device's ModelHealth
     sa.Column("assigned_ms", sa.BigInteger, nullable=False),
     sa.Column("reported_ms", sa.BigInteger),
+)
+
+
+# ------------------------------------------------------------------ dashboard (0007)
+# People who sign in to the dashboard (cloud_selector/users.py): argon2id hashes only.
+users = sa.Table(
+    "users", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # reviewer | labeler | admin
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("disabled_ms", sa.BigInteger),  # NULL while the user may sign in
+)
+
+# Free-form tags people put on candidates in the dashboard ("night", "glare", ...).
+candidate_tags = sa.Table(
+    "candidate_tags", metadata,
+    sa.Column("candidate_id", sa.String(36), primary_key=True),
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Index("ix_candidate_tags_tag", "tag", "candidate_id"),
+)
+
+# Each device's cumulative counters as last reported on a UTC day ('YYYY-MM-DD'), written with
+# its heartbeat: the difference between two of a device's days is what it did in between.
+fleet_daily = sa.Table(
+    "fleet_daily", metadata,
+    sa.Column("device_id", sa.String(128), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("frames_seen", sa.BigInteger, nullable=False),
+    sa.Column("frames_kept", sa.BigInteger, nullable=False),
+    sa.Column("candidates_acked", sa.BigInteger, nullable=False),
+    sa.Column("bytes_uploaded", sa.BigInteger, nullable=False),
+    sa.Index("ix_fleet_daily_day", "day"),
 )

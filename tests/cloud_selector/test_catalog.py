@@ -76,7 +76,7 @@ def run_in_threads(*targets):
 def test_migrates_an_empty_database_to_head(catalog_url):
     assert current_revision(catalog_url) is None
     Catalog.open(catalog_url).close()
-    assert current_revision(catalog_url) == head_revision() == "0006"
+    assert current_revision(catalog_url) == head_revision() == "0007"
     engine = sa.create_engine(catalog_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         assert set(sa.inspect(conn).get_table_names()) == set(metadata.tables) | {"alembic_version"}
@@ -523,4 +523,4 @@ def test_migrations_ship_inside_the_package():
     assert (here / "env.py").is_file() and (here / "script.py.mako").is_file()
     assert sorted(p.name for p in (here / "versions").glob("0*.py")) == [
         "0001_initial.py", "0002_dashboard_indexes.py", "0003_locks.py", "0004_labeling_queue.py",
-        "0005_selection_records.py", "0006_releases.py"]
+        "0005_selection_records.py", "0006_releases.py", "0007_dashboard.py"]
