@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["mobilenet_v2", "small_cnn"], default="mobilenet_v2",
                         help="mobilenet_v2 (default): ImageNet backbone frozen, a new head each round (devices fetch "
                              "only the head); small_cnn: trained from scratch each round")
+    parser.add_argument("--no-serve", action="store_true",
+                        help="exit at the end instead of serving the demo's dashboard until Ctrl-C")
+    parser.add_argument("--dashboard-port", type=int, default=8080,
+                        help="the dashboard's port on 127.0.0.1 at the end (default 8080; 0 = any free port)")
     parser.add_argument("--test-size", type=int, default=10_000,
                         help="test images the accuracy is measured on (default all 10000)")
     args = parser.parse_args(argv)
@@ -59,7 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\naccuracy: v{report['initial_model_version']} {report['initial_accuracy']:.3f} -> "
           f"v{last['model_version']} {last['accuracy']:.3f} after {len(report['rounds'])} rounds, "
           f"{last['labels_total']} labels; report: {args.out / 'report.json'} ({report['wall_seconds']}s)")
-    return 0
+    if args.no_serve:
+        return 0
+    from cloud_selector.dashboard.server import DashboardConfigError
+    from flywheel_demo.dashboard import serve_until_interrupted
+
+    try:
+        return serve_until_interrupted(args.out / "cloud", args.dashboard_port)
+    except (OSError, DashboardConfigError) as exc:
+        print(f"edgeflywheel-demo: error: cannot serve the dashboard on port {args.dashboard_port}: {exc} "
+              "(try --dashboard-port 0)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,19 +3,48 @@ report.json shape."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+
+import httpx
 
 from conftest import DATA_DIR, ROOT
 
 
 def test_tiny_demo_runs_and_reports(tmp_path, fashion_train):
     out = tmp_path / "demo"
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "flywheel_demo.cli", "--devices", "2", "--rounds", "2", "--items", "40",
-         "--select", "15", "--test-size", "1000", "--data-dir", str(DATA_DIR), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+         "--select", "15", "--test-size", "1000", "--dashboard-port", "0", "--data-dir", str(DATA_DIR),
+         "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = []
+    try:  # the demo ends by serving its dashboard until Ctrl-C
+        for line in demo.stdout:
+            output.append(line)
+            found = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/?\s+\(log in as 'demo' with password '([^']+)'", line)
+            if found:
+                break
+        assert found, "".join(output)[-3000:]
+        url, password = found.groups()
+        with httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/").status_code in (302, 303, 307)  # login first
+            form = client.get("/login")
+            token = re.search(r'name="csrf-token" content="([^"]+)"', form.text).group(1)
+            # The session cookie is Secure; httpx keeps those for https, so it goes back by hand here.
+            answer = client.post("/login", data={"username": "demo", "password": password, "csrf_token": token,
+                                                 "next": "/"},
+                                 headers={"Cookie": form.headers["set-cookie"].split(";")[0]})
+            assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text[:300]
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0, "".join(output)[-3000:]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
     report = json.loads((out / "report.json").read_text())
     assert 0 < report["initial_accuracy"] < 1
     assert [r["round"] for r in report["rounds"]] == [1, 2]
