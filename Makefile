@@ -30,6 +30,28 @@ demo: deps
 test: deps
 	$(PY) -m pytest -q $(ARGS)
 
+# `make bench`: the five benchmarks in quick mode (each under ~3 minutes on 2 cores) into
+# runs/bench, then their markdown rows in one table for the README. The bench extra goes on top
+# of the test venv under its own stamp, so `make test` neither waits for nor needs it.
+BENCH_OUT   ?= runs/bench
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[cloud,dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: deps $(BENCH_STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m benchmarks.flywheel --quick --out $(BENCH_OUT)
+	$(PY) -m benchmarks.edge_overhead --quick --out $(BENCH_OUT)
+	$(PY) -m benchmarks.ingest --quick --out $(BENCH_OUT)
+	$(PY) -m benchmarks.selection_scale --quick --out $(BENCH_OUT)
+	$(PY) -m benchmarks.model_push --quick --data-dir "$(FASHION_MNIST_DIR)" --out $(BENCH_OUT)
+	{ echo "| benchmark | ratio | value | target |"; echo "|---|---|---|---|"; \
+	  cat $(foreach b,flywheel edge_overhead ingest selection_scale model_push,$(BENCH_OUT)/$(b).md); \
+	} > $(BENCH_OUT)/summary.md
+	cat $(BENCH_OUT)/summary.md
+
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
