@@ -98,7 +98,8 @@ class Spool:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL survives power loss (cameras lose power); NORMAL only process crashes.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous.upper() == 'FULL' else 'NORMAL'}")
+        self._synchronous = "FULL" if synchronous.upper() == "FULL" else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.executescript(_SCHEMA)
         self._db.execute("UPDATE items SET state=? WHERE state=?", (QUEUED, SENDING))
         # Bytes of the items still to send, kept up to date by put/ack/reject under the lock, so
@@ -169,8 +170,19 @@ class Spool:
             )
 
     def record_progress(self, source: str, last_index: int) -> None:
+        """Progress through a source for frames that were not kept. Committed without an fsync
+        (synchronous=NORMAL, then back): in WAL mode it is durable at the next FULL commit (the
+        next kept frame) or checkpoint, and a power cut can only make the agent score a few
+        dropped frames again. An fsync per dropped frame was a third of the agent's time per frame
+        on a folder source (benchmarks/edge_overhead.py's profile)."""
         with self._lock:
-            self._set_progress(source, last_index)
+            if self._synchronous == "FULL":
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._set_progress(source, last_index)
+            finally:
+                if self._synchronous == "FULL":
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def _set_progress(self, source: str, last_index: int) -> None:
         self._db.execute(
