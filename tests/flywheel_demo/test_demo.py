@@ -7,10 +7,22 @@ import re
 import signal
 import subprocess
 import sys
-
-import httpx
+from http.client import HTTPConnection
+from urllib.parse import urlencode
 
 from conftest import DATA_DIR, ROOT
+
+
+def request(host: str, port: str, method: str, path: str, *, body: str | None = None,
+            headers: dict | None = None) -> tuple[int, dict, str]:
+    """One request, redirects not followed: (status, lower-cased headers, body text)."""
+    connection = HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode()
+    finally:
+        connection.close()
 
 
 def test_tiny_demo_runs_and_reports(tmp_path, fashion_train):
@@ -30,16 +42,17 @@ def test_tiny_demo_runs_and_reports(tmp_path, fashion_train):
                 break
         assert found, "".join(output)[-3000:]
         url, password = found.groups()
-        with httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client:
-            assert client.get("/healthz").status_code == 200
-            assert client.get("/").status_code in (302, 303, 307)  # login first
-            form = client.get("/login")
-            token = re.search(r'name="csrf-token" content="([^"]+)"', form.text).group(1)
-            # The session cookie is Secure; httpx keeps those for https, so it goes back by hand here.
-            answer = client.post("/login", data={"username": "demo", "password": password, "csrf_token": token,
-                                                 "next": "/"},
-                                 headers={"Cookie": form.headers["set-cookie"].split(";")[0]})
-            assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text[:300]
+        host, port = url.removeprefix("http://").split(":")
+        assert request(host, port, "GET", "/healthz")[0] == 200
+        assert request(host, port, "GET", "/")[0] in (302, 303, 307)  # login first
+        _, headers, page = request(host, port, "GET", "/login")
+        token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        # The session cookie is Secure: it goes back by hand over this plain-http loopback link.
+        status, headers, body = request(host, port, "POST", "/login", body=urlencode(
+            {"username": "demo", "password": password, "csrf_token": token, "next": "/"}),
+            headers={"Cookie": headers["set-cookie"].split(";")[0],
+                     "Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 303 and headers["location"] == "/", body[:300]
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 0, "".join(output)[-3000:]
     finally:
