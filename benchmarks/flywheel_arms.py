@@ -11,6 +11,9 @@ everything, so they do not stream through agents. With the frozen backbone they 
 with the same function `retrain` ends in (`head_trainer.train_head`, same config) on the
 embeddings the released model computes; with the small CNN through `head_trainer.train_bundle`.
 
+Variants of arm 5 (`5_full_balance`, `5_full_window`, `5_full_weights`, `5_full_diversity`) are
+not in the default run; they are how candidate default changes were measured (`--arms 1,5,5_full_balance`).
+
 Accuracy: the released bundle on the clean test renders. For a head-only bundle on a backbone
 whose test embeddings are known (every version shares the seed model's backbone.weights, by
 sha256), logits are the bundle's own head weights applied to those embeddings; each bundle is

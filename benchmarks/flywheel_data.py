@@ -185,8 +185,11 @@ def make_scenario(data: BenchData, sizes: Sizes, seed: int, novel: int, clock_ms
             mix = d.mix_after if r >= sizes.novel_round else d.mix_before
             items = plan_stream(data.train.labels, mix, sizes.items, rng=rng, used=used)
             # Round r is recorded during hour r of the simulated day: per-minute caps see real spans.
+            # Cameras start d.index ms apart: no two frames share a capture time, so the catalog's
+            # order (capture time, then the random candidate UUID) and with it dedup and selection
+            # tie-breaks are the same in every run of this seed.
             stream = RoundStream(d.device_id, r, items, render_seed=seed * 100_003 + r * 101 + d.index,
-                                 start_ms=clock_ms + (r - 1) * 3_600_000)
+                                 start_ms=clock_ms + (r - 1) * 3_600_000 + d.index)
             streams.append(stream)
             truth[(d.device_id, stream.name)] = stream.truth()
         rounds.append(streams)
