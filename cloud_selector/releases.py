@@ -19,7 +19,6 @@ a second, not a few per device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from cloud_selector.catalog import Catalog, now_ms
+from cloud_selector.evaluation import holdout_digest
 from cloud_selector.schema import (
     channels,
     device_pins,
@@ -52,11 +52,9 @@ MAX_CHANNEL_CHARS = 64
 
 
 def label_set_digest(pairs: Iterable[tuple[str, str]]) -> str:
-    """sha256 over sorted "candidate id<TAB>label" lines: names a label set in manifests and lineage."""
-    h = hashlib.sha256()
-    for cid, label in sorted(pairs):
-        h.update(f"{cid}\t{label}\n".encode())
-    return h.hexdigest()
+    """Names a label set in manifests and lineage: evaluation.holdout_digest of its (id, label) pairs."""
+    pairs = list(pairs)
+    return holdout_digest([cid for cid, _ in pairs], [label for _, label in pairs])
 
 
 class ReleaseError(ValueError):
@@ -200,7 +198,8 @@ class Releases:
             return conn.execute(device_pins.delete().where(device_pins.c.device_id == device_id)).rowcount > 0
 
     def pins(self) -> dict[str, int]:
-        return self.plan().pins
+        with self.engine.connect() as conn:
+            return {r.device_id: r.version for r in conn.execute(sa.select(device_pins))}
 
     # ------------------------------------------------------------------ revocations
 
