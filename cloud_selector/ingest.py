@@ -40,6 +40,7 @@ import numpy as np
 from cloud_selector.auth import AllowUnauthenticated, Authenticator, check_claim
 from cloud_selector.blobstore import BlobStore
 from cloud_selector.catalog import MAX_LABEL_CHARS, Catalog, now_ms, pack_floats
+from edge_agent.embedding_codec import decode_int8
 from protos import flywheel_pb2 as pb
 from protos import flywheel_pb2_grpc as pb_grpc
 
@@ -186,8 +187,12 @@ def validate(c: pb.Candidate, limits: IngestLimits) -> None:
         raise InvalidCandidate("width/height out of range")
     if (c.width, c.height) != (width, height):
         raise InvalidCandidate(f"width/height {c.width}x{c.height} do not match the jpeg's {width}x{height}")
-    if not 0 < len(c.embedding) <= limits.max_embedding_dim:
+    if c.embedding and c.embedding_int8:
+        raise InvalidCandidate("embedding and embedding_int8 are both set (send one)")
+    if not 0 < embedding_dim(c) <= limits.max_embedding_dim:
         raise InvalidCandidate(f"embedding must have 1..{limits.max_embedding_dim} values")
+    if c.embedding_int8 and not (math.isfinite(c.embedding_scale) and c.embedding_scale >= 0):
+        raise InvalidCandidate("embedding_scale must be a finite number >= 0")
     if len(c.probabilities) > limits.max_classes:
         raise InvalidCandidate("too many class probabilities")
     if not all(math.isfinite(v) for v in (*c.embedding, *c.probabilities)):
@@ -198,10 +203,21 @@ def validate(c: pb.Candidate, limits: IngestLimits) -> None:
         raise InvalidCandidate("metadata has too many or too long entries")
 
 
+def embedding_dim(c: pb.Candidate) -> int:
+    return len(c.embedding_int8) or len(c.embedding)
+
+
+def candidate_embedding(c: pb.Candidate) -> np.ndarray:
+    """The embedding as float32, from whichever of the two wire forms the agent sent."""
+    if c.embedding_int8:
+        return decode_int8(c.embedding_int8, c.embedding_scale)
+    return np.asarray(c.embedding, dtype=np.float32)
+
+
 def check_shape(c: pb.Candidate, shape: ModelShape) -> None:
     """Vector lengths must fit the model version that scored the frame, when it is known."""
-    if shape.embedding_dim and len(c.embedding) != shape.embedding_dim:
-        raise InvalidCandidate(f"embedding has {len(c.embedding)} values, model v{c.model_version} "
+    if shape.embedding_dim and embedding_dim(c) != shape.embedding_dim:
+        raise InvalidCandidate(f"embedding has {embedding_dim(c)} values, model v{c.model_version} "
                                f"produces {shape.embedding_dim}")
     if shape.num_classes and len(c.probabilities) != shape.num_classes:
         raise InvalidCandidate(f"{len(c.probabilities)} class probabilities, model v{c.model_version} "
@@ -284,7 +300,7 @@ class IngestService(pb_grpc.IngestServicer):
         inserted = self.catalog.insert_candidate({
             "id": cid, "device_id": c.device_id, "capture_time_ms": c.capture_time_ms, "received_ms": now_ms(),
             "model_version": c.model_version, "blob_key": key, "jpeg_bytes": len(c.jpeg),
-            "width": c.width, "height": c.height, "embedding": pack_floats(c.embedding),
+            "width": c.width, "height": c.height, "embedding": pack_floats(candidate_embedding(c)),
             "probabilities": pack_floats(c.probabilities),
             "least_confidence": c.scores.least_confidence, "margin": c.scores.margin, "entropy": c.scores.entropy,
             "novelty": c.scores.novelty, "combined": c.scores.combined,

@@ -28,6 +28,7 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.appearance import RecentFrames
+from edge_agent.embedding_codec import ENCODINGS, encode_int8
 from edge_agent.health import HealthMonitor, NullHealthMonitor
 from edge_agent.metrics import AgentSnapshot, LatencyWindow
 from edge_agent.policy import Decision, KeepPolicy
@@ -69,7 +70,10 @@ class AgentStats:
 class Agent:
     def __init__(self, *, device_id: str, source: FrameSource, slot: ModelSlot, policy: KeepPolicy, spool: Spool,
                  jpeg_quality: int = 90, max_side: int = 0, recent: RecentFrames | None = None,
-                 latency: LatencyWindow | None = None, health: HealthMonitor | None = None):
+                 latency: LatencyWindow | None = None, health: HealthMonitor | None = None,
+                 embedding_encoding: str = "int8"):
+        if embedding_encoding not in ENCODINGS:
+            raise ValueError(f"embedding_encoding must be one of {ENCODINGS}, got {embedding_encoding!r}")
         self.device_id = device_id
         self.source = source
         self.slot = slot
@@ -77,6 +81,7 @@ class Agent:
         self.spool = spool
         self.jpeg_quality = jpeg_quality
         self.max_side = max_side
+        self.embedding_encoding = embedding_encoding
         self.recent = recent
         self.latency = latency or LatencyWindow()
         self.health = health or NullHealthMonitor()
@@ -159,7 +164,7 @@ class Agent:
         metadata = {"source": frame.source, "frame_index": str(frame.index), "threshold": f"{decision.threshold:.6g}"}
         if frame.source_name:
             metadata["source_name"] = frame.source_name
-        return pb.Candidate(
+        candidate = pb.Candidate(
             candidate_id=str(uuid.uuid4()),
             device_id=self.device_id,
             capture_time_ms=frame.capture_time_ms,
@@ -167,7 +172,6 @@ class Agent:
             jpeg=jpeg.tobytes(),
             width=width,
             height=height,
-            embedding=embedding.tolist(),
             probabilities=probs.tolist(),
             scores=pb.Scores(least_confidence=scores.least_confidence, margin=scores.margin, entropy=scores.entropy,
                              novelty=scores.novelty, combined=decision.combined,
@@ -175,6 +179,11 @@ class Agent:
             reason=_REASON_TO_PB[decision.reason],
             metadata=metadata,
         )
+        if self.embedding_encoding == "int8":
+            candidate.embedding_int8, candidate.embedding_scale = encode_int8(embedding)
+        else:
+            candidate.embedding.extend(embedding.tolist())
+        return candidate
 
 
 def snapshot(agent: Agent, uploader: Uploader | None) -> AgentSnapshot:

@@ -147,7 +147,7 @@ def run(config: AgentConfig, *, drain_timeout_s: float) -> int:
     health = HealthMonitor()
     agent = Agent(device_id=config.device.id, source=source, slot=slot, policy=KeepPolicy(config.policy_config()),
                   spool=spool, jpeg_quality=config.upload.jpeg_quality, max_side=config.upload.max_side,
-                  recent=recent if recent.enabled else None, health=health)
+                  embedding_encoding=config.upload.embedding, recent=recent if recent.enabled else None, health=health)
     uploader = Uploader(channel, spool, window=config.upload.window, ack_timeout_s=config.upload.ack_timeout_s)
     heartbeat = Heartbeat(channel, agent, uploader, interval_s=config.cloud.heartbeat_interval_s)
 

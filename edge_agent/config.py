@@ -18,6 +18,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edge_agent.embedding_codec import ENCODINGS
 from edge_agent.policy import PolicyConfig
 from edge_agent.sources import SOURCE_TYPES
 
@@ -130,6 +131,8 @@ class UploadSection:
     jpeg_quality: int = _doc("JPEG quality of uploaded frames (1-100).", 90)
     max_side: int = _doc("Downscale uploaded frames so the longer side is at most this many pixels (0 = full size).", 0)
     window: int = _doc("Candidates in flight on the upload stream before waiting for acks.", 32)
+    embedding: str = _doc('How the frame\'s embedding travels: "int8" (one byte per value and a scale, a quarter '
+                          'of the bytes; distances move by ~2e-4) or "float32".', "int8")
     ack_timeout_s: float = _doc("Reconnect when candidates in flight get no ack for this long.", 60.0)
 
 
@@ -192,6 +195,8 @@ class AgentConfig:
             raise ConfigError("upload.jpeg_quality must be within 1..100")
         if self.upload.max_side < 0 or self.upload.window < 1 or self.upload.ack_timeout_s <= 0:
             raise ConfigError("upload.max_side must be >= 0, upload.window >= 1 and upload.ack_timeout_s > 0")
+        if self.upload.embedding not in ENCODINGS:
+            raise ConfigError(f"upload.embedding must be one of {', '.join(ENCODINGS)}; got {self.upload.embedding!r}")
         if self.cloud.max_message_mb <= 0 or self.cloud.heartbeat_interval_s <= 0:
             raise ConfigError("cloud.max_message_mb and cloud.heartbeat_interval_s must be > 0")
         if bool(self.cloud.tls_cert_file) != bool(self.cloud.tls_key_file):

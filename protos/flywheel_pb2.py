@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/flywheel.proto\x12\x0f\x65\x64geflywheel.v1\"\x80\x01\n\x06Scores\x12\x18\n\x10least_confidence\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\x12\x0f\n\x07novelty\x18\x04 \x01(\x02\x12\x10\n\x08\x63ombined\x18\x05 \x01(\x02\x12\x18\n\x10novelty_distance\x18\x06 \x01(\x02\"\xfe\x02\n\tCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x0c\n\x04jpeg\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x11\n\tembedding\x18\x08 \x03(\x02\x12\x15\n\rprobabilities\x18\t \x03(\x02\x12\'\n\x06scores\x18\n \x01(\x0b\x32\x17.edgeflywheel.v1.Scores\x12+\n\x06reason\x18\x0b \x01(\x0e\x32\x1b.edgeflywheel.v1.KeepReason\x12:\n\x08metadata\x18\x0c \x03(\x0b\x32(.edgeflywheel.v1.Candidate.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x03\x41\x63k\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.edgeflywheel.v1.AckStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"K\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\"8\n\nBundleFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xbf\x01\n\x0fModelAssignment\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12*\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x1b.edgeflywheel.v1.BundleFile\x12\x12\n\nrollout_id\x18\x04 \x01(\t\x12\x12\n\nrevocation\x18\x05 \x01(\x0c\x12\x1c\n\x14revocation_signature\x18\x06 \x01(\x0c\x12\x15\n\rhealth_frames\x18\x07 \x01(\r\"i\n\x0c\x46\x65tchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\">\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"\x89\x02\n\x0bModelHealth\x12\x0e\n\x06\x66rames\x18\x01 \x01(\r\x12\x17\n\x0fmean_confidence\x18\x02 \x01(\x02\x12\x14\n\x0cmean_novelty\x18\x03 \x01(\x02\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x02\x12\x18\n\x10previous_version\x18\x05 \x01(\x04\x12\x17\n\x0fprevious_frames\x18\x06 \x01(\r\x12 \n\x18previous_mean_confidence\x18\x07 \x01(\x02\x12\x1d\n\x15previous_mean_novelty\x18\x08 \x01(\x02\x12\x1f\n\x17previous_latency_p50_ms\x18\t \x01(\x02\x12\x0e\n\x06\x65rrors\x18\n \x01(\r\"\xe6\x01\n\rInstallReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.edgeflywheel.v1.InstallStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x18\n\x10smoke_latency_ms\x18\x05 \x01(\x02\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12,\n\x06health\x18\x07 \x01(\x0b\x32\x1c.edgeflywheel.v1.ModelHealth\x12\x15\n\rbytes_fetched\x18\x08 \x01(\x04\"\x12\n\x10InstallReportAck\"\xf2\x03\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x13\n\x0b\x66rames_seen\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x18\n\x10\x63\x61ndidates_acked\x18\x05 \x01(\x04\x12\x13\n\x0bspool_depth\x18\x06 \x01(\x04\x12\x13\n\x0bspool_bytes\x18\x07 \x01(\x04\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x02\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x16\n\x0e\x64\x65vice_time_ms\x18\n \x01(\x03\x12=\n\x06status\x18\x0b \x03(\x0b\x32-.edgeflywheel.v1.HeartbeatRequest.StatusEntry\x12\x18\n\x10inference_p50_ms\x18\x0c \x01(\x02\x12\x18\n\x10inference_p99_ms\x18\r \x01(\x02\x12\x1a\n\x12\x63\x61ndidates_evicted\x18\x0e \x01(\x04\x12\x1b\n\x13\x63\x61ndidates_rejected\x18\x0f \x01(\x04\x12\x16\n\x0e\x62ytes_uploaded\x18\x10 \x01(\x04\x12\x17\n\x0fspool_cap_bytes\x18\x11 \x01(\x04\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x12\n\ninterval_s\x18\x02 \x01(\r*\x8f\x01\n\nKeepReason\x12\x1b\n\x17KEEP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17KEEP_REASON_UNCERTAINTY\x10\x01\x12\x17\n\x13KEEP_REASON_NOVELTY\x10\x02\x12\x16\n\x12KEEP_REASON_RANDOM\x10\x03\x12\x16\n\x12KEEP_REASON_MANUAL\x10\x04*v\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_STATUS_STORED\x10\x01\x12\x1d\n\x19\x41\x43K_STATUS_ALREADY_STORED\x10\x02\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x03*\xa4\x01\n\rInstallStatus\x12\x1e\n\x1aINSTALL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18INSTALL_STATUS_INSTALLED\x10\x01\x12\x19\n\x15INSTALL_STATUS_FAILED\x10\x02\x12\x1e\n\x1aINSTALL_STATUS_ROLLED_BACK\x10\x03\x12\x1a\n\x16INSTALL_STATUS_HEALTHY\x10\x04\x32H\n\x06Ingest\x12>\n\x06Upload\x12\x1a.edgeflywheel.v1.Candidate\x1a\x14.edgeflywheel.v1.Ack(\x01\x30\x01\x32\xef\x01\n\x06Models\x12J\n\x05Watch\x12\x1d.edgeflywheel.v1.WatchRequest\x1a .edgeflywheel.v1.ModelAssignment0\x01\x12\x45\n\x05\x46\x65tch\x12\x1d.edgeflywheel.v1.FetchRequest\x1a\x1b.edgeflywheel.v1.ModelChunk0\x01\x12R\n\rReportInstall\x12\x1e.edgeflywheel.v1.InstallReport\x1a!.edgeflywheel.v1.InstallReportAck2[\n\x05\x46leet\x12R\n\tHeartbeat\x12!.edgeflywheel.v1.HeartbeatRequest\x1a\".edgeflywheel.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/flywheel.proto\x12\x0f\x65\x64geflywheel.v1\"\x80\x01\n\x06Scores\x12\x18\n\x10least_confidence\x18\x01 \x01(\x02\x12\x0e\n\x06margin\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\x12\x0f\n\x07novelty\x18\x04 \x01(\x02\x12\x10\n\x08\x63ombined\x18\x05 \x01(\x02\x12\x18\n\x10novelty_distance\x18\x06 \x01(\x02\"\xaf\x03\n\tCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x0c\n\x04jpeg\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x11\n\tembedding\x18\x08 \x03(\x02\x12\x15\n\rprobabilities\x18\t \x03(\x02\x12\'\n\x06scores\x18\n \x01(\x0b\x32\x17.edgeflywheel.v1.Scores\x12+\n\x06reason\x18\x0b \x01(\x0e\x32\x1b.edgeflywheel.v1.KeepReason\x12:\n\x08metadata\x18\x0c \x03(\x0b\x32(.edgeflywheel.v1.Candidate.MetadataEntry\x12\x16\n\x0e\x65mbedding_int8\x18\r \x01(\x0c\x12\x17\n\x0f\x65mbedding_scale\x18\x0e \x01(\x02\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x03\x41\x63k\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.edgeflywheel.v1.AckStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"K\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\"8\n\nBundleFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"\xbf\x01\n\x0fModelAssignment\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12*\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x1b.edgeflywheel.v1.BundleFile\x12\x12\n\nrollout_id\x18\x04 \x01(\t\x12\x12\n\nrevocation\x18\x05 \x01(\x0c\x12\x1c\n\x14revocation_signature\x18\x06 \x01(\x0c\x12\x15\n\rhealth_frames\x18\x07 \x01(\r\"i\n\x0c\x46\x65tchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\">\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"\x89\x02\n\x0bModelHealth\x12\x0e\n\x06\x66rames\x18\x01 \x01(\r\x12\x17\n\x0fmean_confidence\x18\x02 \x01(\x02\x12\x14\n\x0cmean_novelty\x18\x03 \x01(\x02\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x02\x12\x18\n\x10previous_version\x18\x05 \x01(\x04\x12\x17\n\x0fprevious_frames\x18\x06 \x01(\r\x12 \n\x18previous_mean_confidence\x18\x07 \x01(\x02\x12\x1d\n\x15previous_mean_novelty\x18\x08 \x01(\x02\x12\x1f\n\x17previous_latency_p50_ms\x18\t \x01(\x02\x12\x0e\n\x06\x65rrors\x18\n \x01(\r\"\xe6\x01\n\rInstallReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.edgeflywheel.v1.InstallStatus\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x18\n\x10smoke_latency_ms\x18\x05 \x01(\x02\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12,\n\x06health\x18\x07 \x01(\x0b\x32\x1c.edgeflywheel.v1.ModelHealth\x12\x15\n\rbytes_fetched\x18\x08 \x01(\x04\"\x12\n\x10InstallReportAck\"\xf2\x03\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x13\n\x0b\x66rames_seen\x18\x03 \x01(\x04\x12\x13\n\x0b\x66rames_kept\x18\x04 \x01(\x04\x12\x18\n\x10\x63\x61ndidates_acked\x18\x05 \x01(\x04\x12\x13\n\x0bspool_depth\x18\x06 \x01(\x04\x12\x13\n\x0bspool_bytes\x18\x07 \x01(\x04\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x02\x12\x15\n\ragent_version\x18\t \x01(\t\x12\x16\n\x0e\x64\x65vice_time_ms\x18\n \x01(\x03\x12=\n\x06status\x18\x0b \x03(\x0b\x32-.edgeflywheel.v1.HeartbeatRequest.StatusEntry\x12\x18\n\x10inference_p50_ms\x18\x0c \x01(\x02\x12\x18\n\x10inference_p99_ms\x18\r \x01(\x02\x12\x1a\n\x12\x63\x61ndidates_evicted\x18\x0e \x01(\x04\x12\x1b\n\x13\x63\x61ndidates_rejected\x18\x0f \x01(\x04\x12\x16\n\x0e\x62ytes_uploaded\x18\x10 \x01(\x04\x12\x17\n\x0fspool_cap_bytes\x18\x11 \x01(\x04\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x12\n\ninterval_s\x18\x02 \x01(\r*\x8f\x01\n\nKeepReason\x12\x1b\n\x17KEEP_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17KEEP_REASON_UNCERTAINTY\x10\x01\x12\x17\n\x13KEEP_REASON_NOVELTY\x10\x02\x12\x16\n\x12KEEP_REASON_RANDOM\x10\x03\x12\x16\n\x12KEEP_REASON_MANUAL\x10\x04*v\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43K_STATUS_STORED\x10\x01\x12\x1d\n\x19\x41\x43K_STATUS_ALREADY_STORED\x10\x02\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x03*\xa4\x01\n\rInstallStatus\x12\x1e\n\x1aINSTALL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18INSTALL_STATUS_INSTALLED\x10\x01\x12\x19\n\x15INSTALL_STATUS_FAILED\x10\x02\x12\x1e\n\x1aINSTALL_STATUS_ROLLED_BACK\x10\x03\x12\x1a\n\x16INSTALL_STATUS_HEALTHY\x10\x04\x32H\n\x06Ingest\x12>\n\x06Upload\x12\x1a.edgeflywheel.v1.Candidate\x1a\x14.edgeflywheel.v1.Ack(\x01\x30\x01\x32\xef\x01\n\x06Models\x12J\n\x05Watch\x12\x1d.edgeflywheel.v1.WatchRequest\x1a .edgeflywheel.v1.ModelAssignment0\x01\x12\x45\n\x05\x46\x65tch\x12\x1d.edgeflywheel.v1.FetchRequest\x1a\x1b.edgeflywheel.v1.ModelChunk0\x01\x12R\n\rReportInstall\x12\x1e.edgeflywheel.v1.InstallReport\x1a!.edgeflywheel.v1.InstallReportAck2[\n\x05\x46leet\x12R\n\tHeartbeat\x12!.edgeflywheel.v1.HeartbeatRequest\x1a\".edgeflywheel.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,46 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANDIDATE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_HEARTBEATREQUEST_STATUSENTRY']._loaded_options = None
   _globals['_HEARTBEATREQUEST_STATUSENTRY']._serialized_options = b'8\001'
-  _globals['_KEEPREASON']._serialized_start=2235
-  _globals['_KEEPREASON']._serialized_end=2378
-  _globals['_ACKSTATUS']._serialized_start=2380
-  _globals['_ACKSTATUS']._serialized_end=2498
-  _globals['_INSTALLSTATUS']._serialized_start=2501
-  _globals['_INSTALLSTATUS']._serialized_end=2665
+  _globals['_KEEPREASON']._serialized_start=2284
+  _globals['_KEEPREASON']._serialized_end=2427
+  _globals['_ACKSTATUS']._serialized_start=2429
+  _globals['_ACKSTATUS']._serialized_end=2547
+  _globals['_INSTALLSTATUS']._serialized_start=2550
+  _globals['_INSTALLSTATUS']._serialized_end=2714
   _globals['_SCORES']._serialized_start=43
   _globals['_SCORES']._serialized_end=171
   _globals['_CANDIDATE']._serialized_start=174
-  _globals['_CANDIDATE']._serialized_end=556
-  _globals['_CANDIDATE_METADATAENTRY']._serialized_start=509
-  _globals['_CANDIDATE_METADATAENTRY']._serialized_end=556
-  _globals['_ACK']._serialized_start=558
-  _globals['_ACK']._serialized_end=645
-  _globals['_WATCHREQUEST']._serialized_start=647
-  _globals['_WATCHREQUEST']._serialized_end=722
-  _globals['_BUNDLEFILE']._serialized_start=724
-  _globals['_BUNDLEFILE']._serialized_end=780
-  _globals['_MODELASSIGNMENT']._serialized_start=783
-  _globals['_MODELASSIGNMENT']._serialized_end=974
-  _globals['_FETCHREQUEST']._serialized_start=976
-  _globals['_FETCHREQUEST']._serialized_end=1081
-  _globals['_MODELCHUNK']._serialized_start=1083
-  _globals['_MODELCHUNK']._serialized_end=1145
-  _globals['_MODELHEALTH']._serialized_start=1148
-  _globals['_MODELHEALTH']._serialized_end=1413
-  _globals['_INSTALLREPORT']._serialized_start=1416
-  _globals['_INSTALLREPORT']._serialized_end=1646
-  _globals['_INSTALLREPORTACK']._serialized_start=1648
-  _globals['_INSTALLREPORTACK']._serialized_end=1666
-  _globals['_HEARTBEATREQUEST']._serialized_start=1669
-  _globals['_HEARTBEATREQUEST']._serialized_end=2167
-  _globals['_HEARTBEATREQUEST_STATUSENTRY']._serialized_start=2122
-  _globals['_HEARTBEATREQUEST_STATUSENTRY']._serialized_end=2167
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2169
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2232
-  _globals['_INGEST']._serialized_start=2667
-  _globals['_INGEST']._serialized_end=2739
-  _globals['_MODELS']._serialized_start=2742
-  _globals['_MODELS']._serialized_end=2981
-  _globals['_FLEET']._serialized_start=2983
-  _globals['_FLEET']._serialized_end=3074
+  _globals['_CANDIDATE']._serialized_end=605
+  _globals['_CANDIDATE_METADATAENTRY']._serialized_start=558
+  _globals['_CANDIDATE_METADATAENTRY']._serialized_end=605
+  _globals['_ACK']._serialized_start=607
+  _globals['_ACK']._serialized_end=694
+  _globals['_WATCHREQUEST']._serialized_start=696
+  _globals['_WATCHREQUEST']._serialized_end=771
+  _globals['_BUNDLEFILE']._serialized_start=773
+  _globals['_BUNDLEFILE']._serialized_end=829
+  _globals['_MODELASSIGNMENT']._serialized_start=832
+  _globals['_MODELASSIGNMENT']._serialized_end=1023
+  _globals['_FETCHREQUEST']._serialized_start=1025
+  _globals['_FETCHREQUEST']._serialized_end=1130
+  _globals['_MODELCHUNK']._serialized_start=1132
+  _globals['_MODELCHUNK']._serialized_end=1194
+  _globals['_MODELHEALTH']._serialized_start=1197
+  _globals['_MODELHEALTH']._serialized_end=1462
+  _globals['_INSTALLREPORT']._serialized_start=1465
+  _globals['_INSTALLREPORT']._serialized_end=1695
+  _globals['_INSTALLREPORTACK']._serialized_start=1697
+  _globals['_INSTALLREPORTACK']._serialized_end=1715
+  _globals['_HEARTBEATREQUEST']._serialized_start=1718
+  _globals['_HEARTBEATREQUEST']._serialized_end=2216
+  _globals['_HEARTBEATREQUEST_STATUSENTRY']._serialized_start=2171
+  _globals['_HEARTBEATREQUEST_STATUSENTRY']._serialized_end=2216
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2218
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2281
+  _globals['_INGEST']._serialized_start=2716
+  _globals['_INGEST']._serialized_end=2788
+  _globals['_MODELS']._serialized_start=2791
+  _globals['_MODELS']._serialized_end=3030
+  _globals['_FLEET']._serialized_start=3032
+  _globals['_FLEET']._serialized_end=3123
 # @@protoc_insertion_point(module_scope)

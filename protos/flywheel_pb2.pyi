@@ -61,7 +61,7 @@ class Scores(_message.Message):
     def __init__(self, least_confidence: _Optional[float] = ..., margin: _Optional[float] = ..., entropy: _Optional[float] = ..., novelty: _Optional[float] = ..., combined: _Optional[float] = ..., novelty_distance: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("candidate_id", "device_id", "capture_time_ms", "model_version", "jpeg", "width", "height", "embedding", "probabilities", "scores", "reason", "metadata")
+    __slots__ = ("candidate_id", "device_id", "capture_time_ms", "model_version", "jpeg", "width", "height", "embedding", "probabilities", "scores", "reason", "metadata", "embedding_int8", "embedding_scale")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,8 @@ class Candidate(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_INT8_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_SCALE_FIELD_NUMBER: _ClassVar[int]
     candidate_id: str
     device_id: str
     capture_time_ms: int
@@ -93,7 +95,9 @@ class Candidate(_message.Message):
     scores: Scores
     reason: KeepReason
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, candidate_id: _Optional[str] = ..., device_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., model_version: _Optional[int] = ..., jpeg: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., scores: _Optional[_Union[Scores, _Mapping]] = ..., reason: _Optional[_Union[KeepReason, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    embedding_int8: bytes
+    embedding_scale: float
+    def __init__(self, candidate_id: _Optional[str] = ..., device_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., model_version: _Optional[int] = ..., jpeg: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., scores: _Optional[_Union[Scores, _Mapping]] = ..., reason: _Optional[_Union[KeepReason, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., embedding_int8: _Optional[bytes] = ..., embedding_scale: _Optional[float] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("candidate_id", "status", "detail")

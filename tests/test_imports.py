@@ -26,7 +26,7 @@ def test_edge_agent_imports_no_cloud_dependencies():
 def test_pure_modules_import_no_io_libraries():
     code = (
         "import json, sys\n"
-        "import edge_agent.scoring, edge_agent.policy\n"
+        "import edge_agent.scoring, edge_agent.policy, edge_agent.embedding_codec\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('grpc', 'onnxruntime', 'sqlite3', 'cv2'))))\n"
     )

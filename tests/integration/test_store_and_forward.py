@@ -30,6 +30,7 @@ from edge_agent.spool import Spool
 from edge_agent.transport import Backoff, open_channel
 from edge_agent.updater import ModelSlot
 from edge_agent.uploader import Uploader
+from protos import flywheel_pb2 as pb
 
 
 @pytest.fixture
@@ -38,11 +39,11 @@ def device(cloud, fashion_train, tmp_path):
     services, _ = cloud
     bundle = seed_model(services, fashion_train, tmp_path / "seed")
 
-    def make(policy: PolicyConfig, *, cap_bytes: int = 0, n_items: int = 40, seed: int = 0) -> Agent:
+    def make(policy: PolicyConfig, *, cap_bytes: int = 0, n_items: int = 40, seed: int = 0, **options) -> Agent:
         video = write_video(fashion_train, tmp_path / f"inbox{seed}" / "clip.avi", n_items=n_items, seed=seed)
         spool = Spool(tmp_path / f"device{seed}" / "spool.sqlite", synchronous="NORMAL", cap_bytes=cap_bytes)
         return Agent(device_id="cam-test", source=VideoFileSource(video.parent), slot=ModelSlot(LoadedModel(bundle)),
-                     policy=KeepPolicy(policy), spool=spool)
+                     policy=KeepPolicy(policy), spool=spool, **options)
 
     return make
 
@@ -140,6 +141,21 @@ class CuttingProxy:
     def close(self) -> None:
         self._listener.close()
         self.cut()
+
+
+@pytest.mark.parametrize("encoding", ["int8", "float32", None])
+def test_the_embedding_travels_in_the_configured_form(device, encoding):
+    options = {"embedding_encoding": encoding} if encoding else {}  # None: the default, int8
+    agent = device(PolicyConfig(mode="threshold", threshold=0.0, max_per_minute=0), n_items=2, **options)
+    for frame in agent.source.frames(threading.Event()):
+        agent.process(frame)
+    sent = [pb.Candidate.FromString(item.payload) for item in agent.spool.claim(100)]
+    dim = agent.slot.model.manifest.embedding_dim
+    assert sent and dim > 0
+    if encoding == "float32":
+        assert all(len(c.embedding) == dim and not c.embedding_int8 for c in sent)
+    else:
+        assert all(len(c.embedding_int8) == dim and c.embedding_scale > 0 and not c.embedding for c in sent)
 
 
 def test_connection_cut_mid_stream_stores_everything_once(cloud, device):
