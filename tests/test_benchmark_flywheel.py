@@ -57,3 +57,15 @@ def test_tiny_b1_writes_every_arm_and_the_headline(tmp_path, fashion_train):
     noise = result["training_noise"]
     assert noise["seeds"] == 2 and noise["std"] >= 0 and noise["epochs"] > 0
     assert set(result["arms_summary"]) == set(DEFAULT_ARMS)
+
+
+def test_digits_imagefolder_is_a_second_dataset_b1_reads(tmp_path):
+    from benchmarks.digits_imagefolder import main as write_digits
+    from benchmarks.flywheel_data import load_data
+
+    assert write_digits([str(tmp_path / "digits")]) == 0
+    data = load_data(tmp_path / "digits", image_size=32)
+    assert data.classes == tuple(str(d) for d in range(10))
+    assert (len(data.train), len(data.test)) == (1258, 539)  # the stratified 70/30 split of 1,797 scans
+    assert data.train.images.shape[1:3] == (32, 32) and data.train.images.max() > 200
+    assert write_digits([str(tmp_path / "digits")]) == 1  # refuses to write into a non-empty directory
