@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from flywheel_demo.datasets import FASHION_MNIST_DIR, Dataset, DatasetError, load_fashion_mnist, load_image_folder
-from flywheel_demo.streams import Jitter, StreamItem, _jitter_walk, class_mix, plan_stream, render_clean, render_frame
+from flywheel_demo.streams import Jitter, StreamItem, jitter_walk, class_mix, plan_stream, render_clean, render_frame
 
 FPS = 10.0
 UPLOAD_JPEG_QUALITY = 90  # the agent's default [upload] jpeg_quality: what the cloud receives
@@ -203,7 +203,7 @@ def render_stream(data: BenchData, stream: RoundStream, frame_size: int,
     for k, item in enumerate(stream.items):
         rng = np.random.default_rng((stream.render_seed, k))
         image = data.train.images[item.index_in_dataset]
-        for dx, dy, b in _jitter_walk(item.n_frames, jitter, rng):
+        for dx, dy, b in jitter_walk(item.n_frames, jitter, rng):
             yield render_frame(image, frame_size=frame_size, dx=dx, dy=dy, brightness=b, noise_std=jitter.noise_std,
                                rng=rng)
 

@@ -198,7 +198,7 @@ def plan_stream(
     return items
 
 
-def _jitter_walk(n_frames: int, jitter: Jitter, rng: np.random.Generator) -> Iterator[tuple[int, int, float]]:
+def jitter_walk(n_frames: int, jitter: Jitter, rng: np.random.Generator) -> Iterator[tuple[int, int, float]]:
     """Yield (dx, dy, brightness) per frame of one item: a bounded random walk, as when a camera
     or the object moves slightly; the caller adds fresh noise every frame."""
     dx, dy = (int(v) for v in rng.integers(-jitter.start_shift, jitter.start_shift + 1, size=2))
@@ -253,7 +253,7 @@ def write_stream_video(
             rng = np.random.default_rng((seed, k))
             image = dataset.images[item.index_in_dataset]
             row = {"label": int(item.label), "item": int(item.index_in_dataset)}
-            for dx, dy, b in _jitter_walk(item.n_frames, jitter, rng):
+            for dx, dy, b in jitter_walk(item.n_frames, jitter, rng):
                 noise = jitter.noise_std
                 frame = render_frame(
                     image, frame_size=frame_size, dx=dx, dy=dy, brightness=b, noise_std=noise, rng=rng
