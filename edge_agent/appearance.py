@@ -16,6 +16,7 @@ Pure numpy + OpenCV arithmetic; no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 
@@ -44,26 +45,56 @@ def signatures(frames_bgr: Sequence[np.ndarray], size: int = DEFAULT_SIZE) -> np
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _shifts(max_shift: int) -> tuple[tuple[int, int], ...]:
+    """Every (dy, dx) within max_shift, nearest first: a repeat usually matches at a small shift,
+    and `RecentFrames.is_repeat` stops at the first shift that matches."""
+    span = range(-max_shift, max_shift + 1)
+    return tuple(sorted(((dy, dx) for dy in span for dx in span), key=lambda d: (abs(d[0]) + abs(d[1]), d)))
+
+
+def _check(a: np.ndarray, b: np.ndarray, max_shift: int) -> int:
+    """The side of the compared centre crops; ValueError for stacks that cannot be compared."""
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"pair_distances needs two [P, S, S] stacks of one shape, got {a.shape} and {b.shape}")
+    inner = a.shape[-1] - 2 * max_shift
+    if len(a) and inner < 1:
+        raise ValueError(f"max_shift {max_shift} too large for signatures of size {a.shape[-1]}")
+    return inner
+
+
+def _shift_distances(a: np.ndarray, b: np.ndarray, max_shift: int, inner: int):
+    """Yield, one shift at a time (nearest first), the RMS distance [P] between the centre crop of
+    each a[p] (margin `max_shift`, side `inner`) and the crop of b[p] shifted by it.
+
+    One scratch buffer for all shifts: the same float32 operations on the same contiguous
+    layout as a fresh array per shift, so the same values, without 2 x 49 allocations."""
+    s = max_shift
+    centre = a[:, s:s + inner, s:s + inner]
+    diff = np.empty((len(a), inner, inner), np.float32)
+    count = np.intp(inner * inner)  # what ndarray.mean divides by (an intp: the division is float64)
+    for dy, dx in _shifts(s):
+        np.subtract(centre, b[:, s + dy:s + dy + inner, s + dx:s + dx + inner], out=diff)
+        np.multiply(diff, diff, out=diff)
+        # diff.mean(axis=(1, 2)) without its Python-level wrapper: the same sum, then the same
+        # division cast back to float32.
+        mean = np.add.reduce(diff, axis=(1, 2))
+        np.true_divide(mean, count, out=mean, casting="unsafe")
+        yield np.sqrt(mean, out=mean)
+
+
 def pair_distances(a: np.ndarray, b: np.ndarray, max_shift: int = DEFAULT_MAX_SHIFT) -> np.ndarray:
     """Shift-tolerant RMS distance between a[p] and b[p] for each p: [P].
 
     The centre crop of `a` (margin `max_shift`) is compared with every shifted crop of `b`
     of the same size; the smallest RMS difference wins.
     """
-    if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"pair_distances needs two [P, S, S] stacks of one shape, got {a.shape} and {b.shape}")
+    inner = _check(a, b, max_shift)
     if len(a) == 0:
         return np.zeros(0, np.float32)
-    s, size = max_shift, a.shape[-1]
-    inner = size - 2 * s
-    if inner < 1:
-        raise ValueError(f"max_shift {max_shift} too large for signatures of size {size}")
-    centre = a[:, s:s + inner, s:s + inner]
     best = np.full(len(a), np.inf, np.float32)
-    for dy in range(-s, s + 1):
-        for dx in range(-s, s + 1):
-            diff = centre - b[:, s + dy:s + dy + inner, s + dx:s + dx + inner]
-            np.minimum(best, np.sqrt((diff * diff).mean(axis=(1, 2))), out=best)
+    for distances in _shift_distances(a, b, max_shift, inner):
+        np.minimum(best, distances, out=best)
     return best
 
 
@@ -113,7 +144,12 @@ class RecentFrames:
             return bool(candidates.any())
         ring = np.stack([sig for sig, ok in zip(self._signatures, candidates) if ok])
         probe = np.broadcast_to(self._last[0], ring.shape)
-        return bool(pair_distances(probe, ring, self.max_shift).min() < self.threshold)
+        # Equal to pair_distances(probe, ring).min() < threshold, stopping at the first shift
+        # that matches: a repeat costs one or two shifts instead of all 49 (~35 us instead of
+        # ~1.5 ms against a full ring). A frame that is not a repeat still tries every shift.
+        # (Signatures are always finite, so no NaN could have vetoed an early match.)
+        shifts = _shift_distances(probe, ring, self.max_shift, _check(probe, ring, self.max_shift))
+        return any(bool((distances < self.threshold).any()) for distances in shifts)
 
     def remember(self) -> None:
         if self._last is not None:

@@ -201,3 +201,42 @@ def test_recent_frames_threshold_zero_turns_check_off():
     recent.is_repeat(frame)
     recent.remember()
     assert not recent.is_repeat(frame)
+
+
+# --- is_repeat stops at the first matching shift: it must agree with the full computation ------
+
+
+def test_shifts_are_nearest_first_and_cover_the_square():
+    from edge_agent.appearance import _shifts
+
+    for s in (0, 1, 3):
+        order = _shifts(s)
+        assert sorted(order) == [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
+        assert order[0] == (0, 0)
+        steps = [abs(dy) + abs(dx) for dy, dx in order]
+        assert steps == sorted(steps)
+
+
+def test_is_repeat_agrees_with_pair_distances_over_every_shift():
+    # Probes that match a kept frame only at a large shift (found late), at no shift (found
+    # first), or not at all; thresholds around the true distances so that an early exit on the
+    # wrong crop or a missed shift would flip the answer.
+    size, s = DEFAULT_SIZE, DEFAULT_MAX_SHIFT
+    kept = [bgr(texture(seed, 64)[:size, :size]) for seed in (40, 41, 42)]
+    big = texture(41, 64)
+    probes = [kept[0], bgr(big[3:3 + size, 2:2 + size]), bgr(big[1:1 + size, 0:size]), bgr(texture(43, 64)[:size, :size])]
+    noisy = np.clip(kept[2].astype(np.int16) + np.random.default_rng(0).integers(-25, 26, kept[2].shape), 0, 255)
+    probes.append(noisy.astype(np.uint8))
+    ring = np.stack([signature(k) for k in kept])
+    answers = []
+    for probe in probes:
+        full = pair_distances(np.broadcast_to(signature(probe), ring.shape), ring, s).min()
+        for threshold in (full * 0.999, full * 1.001, 0.05, 0.2, 0.5):
+            recent = RecentFrames(capacity=4, threshold=float(threshold), max_shift=s)
+            for k in kept:
+                recent.is_repeat(k)
+                recent.remember()
+            got = recent.is_repeat(probe)
+            assert got == bool(full < threshold), (full, threshold)
+            answers.append(got)
+    assert any(answers) and not all(answers)

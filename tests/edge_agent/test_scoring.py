@@ -223,3 +223,80 @@ def test_frame_scores_unknown_measure_raises(measure):
     s = FrameScores(least_confidence=0.1, margin=0.2, entropy=0.3, novelty=0.4)
     with pytest.raises(ValueError, match="unknown uncertainty measure"):
         s.uncertainty(measure)
+
+
+# --- the per-frame fast paths give what the plain definitions give --------------------------
+
+
+def _sorted_kth_distance(bank: np.ndarray, query: np.ndarray, k: int) -> float:
+    """Reference in float64: sort every cosine distance, take the k-th smallest."""
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    q = query / np.linalg.norm(query)
+    return float(np.sort(1.0 - b.astype(np.float64) @ q.astype(np.float64))[min(k, len(b)) - 1])
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_novelty_distance_matches_a_sorted_reference(k):
+    rng = np.random.default_rng(k)
+    bank = rng.normal(size=(40, 16)).astype(np.float32)
+    nb = NoveltyBank(bank, k=k)
+    assert (len(nb), nb.dim) == (40, 16)
+    queries = rng.normal(size=(5, 16)).astype(np.float32)
+    queries[0] = bank[7] * 3.0  # a bank member: nearest distance 0
+    batch = nb.distance(queries)
+    for i, q in enumerate(queries):
+        single = float(nb.distance(q))
+        assert single == pytest.approx(_sorted_kth_distance(bank, q, k), abs=1e-6)
+        assert single == pytest.approx(float(batch[i]), abs=1e-6)
+    if k == 1:
+        assert float(nb.distance(queries[0])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_novelty_skips_a_nan_bank_row_like_the_partition_did():
+    # A NaN similarity is skipped (the partition sorts it last); the k = 1 max must not return NaN.
+    bank = np.array([[1.0, 0.0], [np.nan, np.nan], [0.0, 1.0]], np.float32)
+    query = np.array([math.cos(math.radians(30)), math.sin(math.radians(30))])
+    # nearest: 30 degrees from [1, 0]: 1 - cos 30 = 0.1339746
+    assert float(NoveltyBank(bank, k=1).distance(query)) == pytest.approx(1 - math.cos(math.radians(30)), abs=1e-6)
+    # 2nd nearest: 60 degrees from [0, 1]: 1 - cos 60 = 0.5
+    assert float(NoveltyBank(bank, k=2).distance(query)) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_novelty_calibration_interpolates_the_quantiles():
+    # quantiles 0.0, 0.2, 0.4 map to levels 0, 0.5, 1: distance 0.1 -> 0.25, 0.3 -> 0.75, beyond -> 1
+    nb = NoveltyBank(np.array([[1.0, 0.0]]), quantiles=(0.0, 0.2, 0.4))
+    assert float(nb.calibrate(0.1)) == pytest.approx(0.25)
+    assert float(nb.calibrate(0.3)) == pytest.approx(0.75)
+    assert float(nb.calibrate(0.9)) == 1.0
+    # cos 60 = 0.5 -> distance 0.5, past the last quantile
+    s = score_frame(np.array([0.6, 0.4]), np.array([0.5, math.sqrt(3) / 2]), nb)
+    assert (s.novelty, s.novelty_distance) == (1.0, pytest.approx(0.5, abs=1e-6))
+
+
+def _bits(x: float) -> bytes:
+    return np.float64(x).tobytes()
+
+
+def test_score_frame_is_bit_identical_to_the_plain_functions():
+    rng = np.random.default_rng(0)
+    bank = NoveltyBank(np.eye(3))
+    cases = [np.eye(5)[2], np.full(4, 0.25), np.array([0.5, 0.5]), np.array([1.0, 0.0])]
+    for n_classes in (2, 3, 7, 8, 9, 31, 200):
+        for scale in (0.01, 1.0, 30.0):
+            cases.append(softmax(rng.normal(size=n_classes) * scale))
+    for probs in cases:
+        s = score_frame(probs, np.array([1.0, 0.0, 0.0]), bank)
+        # bitwise, not approx: the fused path must round exactly as the definitions do (a one-hot
+        # frame's entropy is -0.0 there, and stays so)
+        assert _bits(s.least_confidence) == _bits(least_confidence(probs))
+        assert _bits(s.margin) == _bits(margin(probs))
+        assert _bits(s.entropy) == _bits(entropy(probs))
+
+
+def test_score_frame_with_non_finite_probabilities_gives_what_the_definitions_give():
+    bank = NoveltyBank(np.eye(2))
+    for probs in (np.array([np.nan, 0.5, 0.5]), np.array([1.0]), np.array([[0.7, 0.3]])[0]):
+        s = score_frame(probs, np.array([1.0, 0.0]), bank)
+        for got, want in ((s.least_confidence, least_confidence(probs)), (s.margin, margin(probs)),
+                          (s.entropy, entropy(probs))):
+            assert (math.isnan(got) and math.isnan(float(want))) or got == float(want)
