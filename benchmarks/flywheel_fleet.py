@@ -132,16 +132,19 @@ class ArmFleet:
         key = self.services.registry.signing_key
         return BundleVerifier({key.key_id: key.public})
 
-    def add_camera(self, device_id: str, first_bundle: Path, policy: KeepPolicy, recent: RecentFrames | None) -> Camera:
+    def add_camera(self, device_id: str, first_bundle: Path, policy: KeepPolicy, recent: RecentFrames | None,
+                   embedding: str | None = None) -> Camera:
         """Enroll a camera and start its uploader and updater; it runs `first_bundle` (the factory
-        model) until the updater swaps in the released version."""
+        model) until the updater swaps in the released version. `embedding`: the agent's
+        upload.embedding (None = its default)."""
         token = enroll_device(self.services.catalog, device_id).token
         channel = open_channel(self.address, credentials=DeviceCredentials(device_id, token))
         state = self.root / "devices" / device_id
         slot = ModelSlot(LoadedModel(first_bundle, settings=DEVICE_SETTINGS))
         spool = Spool(state / "spool.sqlite", synchronous="NORMAL")
         agent = Agent(device_id=device_id, source=MemorySource("none", [], 0), slot=slot, policy=policy, spool=spool,
-                      jpeg_quality=UPLOAD_JPEG_QUALITY, recent=recent)
+                      jpeg_quality=UPLOAD_JPEG_QUALITY, recent=recent,
+                      **({"embedding_encoding": embedding} if embedding else {}))
         uploader = Uploader(channel, spool, backoff=Backoff(initial_s=0.1, max_s=1.0))
         updater = ModelUpdater(channel, device_id=device_id, models_dir=state / "models", slot=slot,
                                load_model=lambda path: LoadedModel(path, settings=DEVICE_SETTINGS),

@@ -121,7 +121,7 @@ def run_stream_arm(arm: ArmSpec, ctx: SeedContext) -> tuple[list[dict], dict]:
                 if s.device_id not in cameras:
                     index = int(s.device_id.split("-")[1])
                     policy, recent = arm.edge(sizes.upload_fraction, seed * 1000 + index)
-                    fleet.add_camera(s.device_id, v1, policy, recent)
+                    fleet.add_camera(s.device_id, v1, policy, recent, arm.embedding)
             fleet.wait_version(version)  # a camera that just joined first takes the released model
             sources = {s.device_id: MemorySource(s.name, list(render_stream(ctx.data, s, sizes.frame_size)), s.start_ms,
                                                  source_name=s.device_id) for s in streams}

@@ -181,7 +181,7 @@ class Agent:
         )
         if self.embedding_encoding == "int8":
             candidate.embedding_int8, candidate.embedding_scale = encode_int8(embedding)
-        else:
+        elif self.embedding_encoding == "float32":
             candidate.embedding.extend(embedding.tolist())
         return candidate
 

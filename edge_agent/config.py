@@ -132,7 +132,8 @@ class UploadSection:
     max_side: int = _doc("Downscale uploaded frames so the longer side is at most this many pixels (0 = full size).", 0)
     window: int = _doc("Candidates in flight on the upload stream before waiting for acks.", 32)
     embedding: str = _doc('How the frame\'s embedding travels: "int8" (one byte per value and a scale, a quarter '
-                          'of the bytes; distances move by ~2e-4) or "float32".', "int8")
+                          'of the bytes; distances move by ~2e-4), "float32", or "none" (the cloud embeds the JPEG '
+                          'when it selects; the dashboard map leaves such candidates out).', "int8")
     ack_timeout_s: float = _doc("Reconnect when candidates in flight get no ack for this long.", 60.0)
 
 

@@ -1,5 +1,9 @@
 """How an embedding travels in a Candidate: float32 values, or int8 with one scale per vector.
 
+Or not at all ("none"): the cloud embeds the JPEG itself when a selection round needs it, as it
+does for every candidate scored by an older model version; the dashboard's map and neighbour
+lists then leave the candidate out, as they do imported images.
+
 Pure (numpy only), shared by the agent that encodes and the cloud that decodes, so the two
 sides cannot disagree on the format (`protos/flywheel.proto`, Candidate.embedding_int8).
 
@@ -16,7 +20,7 @@ import math
 
 import numpy as np
 
-ENCODINGS = ("int8", "float32")
+ENCODINGS = ("int8", "float32", "none")
 
 
 def encode_int8(embedding) -> tuple[bytes, float]:

@@ -1,5 +1,5 @@
-"""Ingest accepts the embedding as float32 values or as int8 + scale, stores float32 either way,
-and rejects a candidate that sends both or a scale that is not a finite number >= 0."""
+"""Ingest accepts the embedding as float32 values, as int8 + scale, or not at all; stores float32
+(or nothing); and rejects a candidate that sends both or a scale that is not a finite number >= 0."""
 
 from __future__ import annotations
 
@@ -62,6 +62,15 @@ def test_a_bad_scale_is_rejected(cloud_channel, scale):
     ack = _upload(channel, c)
     assert ack.status == pb.ACK_STATUS_REJECTED and "embedding_scale" in ack.detail
     assert cloud.candidate_count() == 0
+
+
+def test_a_candidate_without_an_embedding_is_stored_without_one(cloud_channel):
+    cloud, channel = cloud_channel
+    c = make_candidate(model_version=7)
+    del c.embedding[:]
+    assert _upload(channel, c).status == pb.ACK_STATUS_STORED
+    [row] = cloud.services.catalog.candidates()
+    assert len(row.embedding) == 0  # a selection round embeds its JPEG, as for imported images
 
 
 def test_both_forms_at_once_are_rejected(cloud_channel):

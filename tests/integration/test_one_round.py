@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from cloud_selector.rounds import RoundConfig, run_round
 from cloud_selector.retrain import SMALL_CNN, retrain
 from cloud_selector.trainer import TrainConfig
@@ -22,7 +24,8 @@ from edge_agent.uploader import Uploader
 from flywheel_demo.streams import load_ground_truth
 
 
-def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
+@pytest.mark.parametrize("embedding", ["int8", "none"])  # "none": the round embeds the JPEGs itself
+def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path, embedding):
     services, port = cloud
     v1_dir = seed_model(services, fashion_train, tmp_path / "seed")
     video = write_video(fashion_train, tmp_path / "inbox" / "clip.avi", n_items=30)
@@ -32,7 +35,7 @@ def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
     spool = Spool(tmp_path / "device" / "spool.sqlite")
     agent = Agent(device_id="cam-test", source=VideoFileSource(video.parent), slot=slot,
                   policy=KeepPolicy(PolicyConfig(mode="threshold", threshold=0.3, max_per_minute=1000)), spool=spool,
-                  recent=RecentFrames())
+                  recent=RecentFrames(), embedding_encoding=embedding)
     channel = open_channel(f"127.0.0.1:{port}")
     uploader = Uploader(channel, spool, window=8, backoff=Backoff(0.05, 0.5))
     updater = ModelUpdater(channel, device_id="cam-test", models_dir=tmp_path / "device" / "models", slot=slot,
@@ -54,6 +57,7 @@ def test_one_round_end_to_end(cloud, fashion_train, tmp_path: Path):
         for row in pool:  # every acked candidate is readable, with its scores and metadata
             assert services.blobs.get(row.blob_key).startswith(b"\xff\xd8")
             assert int(row.extra["frame_index"]) in truth and row.model_version == 1
+            assert len(row.embedding) == (0 if embedding == "none" else slot.model.manifest.embedding_dim)
         device = services.catalog.devices()[0]
         assert device["id"] == "cam-test" and device["frames_seen"] == len(truth) and device["spool_depth"] == 0
         health = device["status"]

@@ -143,7 +143,7 @@ class CuttingProxy:
         self.cut()
 
 
-@pytest.mark.parametrize("encoding", ["int8", "float32", None])
+@pytest.mark.parametrize("encoding", ["int8", "float32", "none", None])
 def test_the_embedding_travels_in_the_configured_form(device, encoding):
     options = {"embedding_encoding": encoding} if encoding else {}  # None: the default, int8
     agent = device(PolicyConfig(mode="threshold", threshold=0.0, max_per_minute=0), n_items=2, **options)
@@ -154,6 +154,8 @@ def test_the_embedding_travels_in_the_configured_form(device, encoding):
     assert sent and dim > 0
     if encoding == "float32":
         assert all(len(c.embedding) == dim and not c.embedding_int8 for c in sent)
+    elif encoding == "none":
+        assert all(not c.embedding and not c.embedding_int8 for c in sent)
     else:
         assert all(len(c.embedding_int8) == dim and c.embedding_scale > 0 and not c.embedding for c in sent)
 
