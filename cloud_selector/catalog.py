@@ -367,6 +367,22 @@ class Catalog:
         with self.engine.begin() as conn:
             return conn.execute(statement).first() is not None
 
+    def insert_candidates(self, rows: Sequence[dict]) -> set[str]:
+        """Insert many candidate rows in ONE transaction (one commit, so one WAL fsync on SQLite);
+        returns the ids this call stored. Ids already there are skipped as in `insert_candidate`
+        (ON CONFLICT DO NOTHING), so the rest of the batch still commits. Ingest's group commit
+        (cloud_selector/ingest_batch.py) is the caller."""
+        if not rows:
+            return set()
+        statement = (self._insert(candidates).on_conflict_do_nothing(index_elements=[candidates.c.id])
+                     .returning(candidates.c.id))
+        stored: set[str] = set()
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 500):  # well below PostgreSQL's 65535 parameters a statement
+                chunk = [{"state": POOLED, **values} for values in rows[start:start + 500]]
+                stored.update(conn.execute(statement, chunk).scalars())
+        return stored
+
     def has_candidate(self, candidate_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(candidates.c.id).where(candidates.c.id == candidate_id)).first() is not None

@@ -22,7 +22,9 @@ import base64
 import hashlib
 import io
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,6 +48,9 @@ ENV_CA_FILE = "CLOUD_SELECTOR_S3_CA_FILE"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Server-side encryption modes under which the ETag is not the MD5 of the data.
 _OPAQUE_ETAG_SSE = {"aws:kms", "aws:kms:dsse"}
+# PUTs in flight at once for `put_many`; below the connection pool's size (`_http_client`), so
+# a batch does not open and throw away extra connections.
+_PUT_THREADS = 8
 
 
 class S3ConfigError(ValueError):
@@ -121,6 +126,8 @@ class S3BlobStore:
         self._client = Minio(settings.endpoint, access_key=settings.access_key or None,
                              secret_key=settings.secret_key or None, secure=settings.secure,
                              region=settings.region or None, http_client=_http_client(settings))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: S3Settings, *, create_bucket: bool = False) -> S3BlobStore:
@@ -161,6 +168,24 @@ class S3BlobStore:
         etag = (result.etag or "").lower()
         if etag != md5:
             raise BlobError(f"S3 stored {key!r} with ETag {result.etag!r} but the data's MD5 is {md5}")
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """`put` every (key, data), several PUTs at once (each checked as in `put`); returns once
+        all returned, i.e. all are durable. Raises the first failure (BlobError) only after every
+        PUT has finished, so none is still running when the caller gives up on the batch."""
+        for key, _ in items:
+            check_key(key)
+        if len(items) <= 1:
+            for key, data in items:
+                self.put(key, data)
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="s3-put")
+        futures = [self._pool.submit(self.put, key, data) for key, data in items]
+        wait(futures)
+        for future in futures:
+            future.result()
 
     def get(self, key: str) -> bytes:
         name = self._name(key)

@@ -100,10 +100,13 @@ class RunningServer:
     server: grpc.Server
     port: int
     stop_event: threading.Event
+    ingest: IngestService | None = None  # its committer thread is stopped after the server
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.stop_event.set()  # ends Watch streams promptly
         self.server.stop(grace_s).wait()
+        if self.ingest is not None:
+            self.ingest.close()  # stores what is still queued (nobody is left to ack it) and joins
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -140,8 +143,8 @@ def create_server(address: str, *, catalog: Catalog, blobs: BlobStore, auth: Aut
         options=server_options(max_message_bytes),
     )
     limits = ingest_limits or IngestLimits(max_jpeg_bytes=max(1, max_message_bytes - _MESSAGE_OVERHEAD_BYTES))
-    pb_grpc.add_IngestServicer_to_server(IngestService(catalog, blobs, limits, auth=auth, rate_limit=rate_limit),
-                                         server)
+    ingest = IngestService(catalog, blobs, limits, auth=auth, rate_limit=rate_limit)
+    pb_grpc.add_IngestServicer_to_server(ingest, server)
     pb_grpc.add_ModelsServicer_to_server(
         ModelsService(catalog, blobs, stop=stop, poll_interval_s=watch_poll_s, auth=auth), server)
     pb_grpc.add_FleetServicer_to_server(FleetService(catalog, auth=auth), server)
@@ -152,4 +155,4 @@ def create_server(address: str, *, catalog: Catalog, blobs: BlobStore, auth: Aut
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     server.start()
-    return RunningServer(server, port, stop)
+    return RunningServer(server, port, stop, ingest)
