@@ -44,13 +44,18 @@ Objectives, and the ``raw`` value recorded next to each in a pick's contribution
   rises, so pure BALANCE round-robins into the target fractions.
 - RANDOM input: a seeded uniform draw per pool row.
 
-Scale (100k candidates x 1k picks, D up to 1280, 2 cores): typicality's k-NN is exact with
-FAISS up to ``EXACT_KNN_MAX_WORK`` multiply-adds and near-exact beyond (neighbours proposed by
-k-means cell probing in a <= 128-d PCA space, distances then computed exactly); DIVERSITY keeps each candidate's distance to
-its nearest pick and updates it per pick, lazily (a heap of stale upper bounds, exact because
-those distances only shrink) when DIVERSITY is the only objective that changes, eagerly
-(O(N*D) per pick) when BALANCE or a negative DIVERSITY strength is in play. All work is float32
-on unit vectors, in blocks; nothing N x N is built.
+Scale (100k candidates x 1k picks, D up to 1280, 2 cores; ``ScaleLimits`` holds the
+thresholds): typicality's k-NN is exact with FAISS up to ``EXACT_KNN_MAX_WORK`` multiply-adds
+and approximate beyond (each row searches its own k-means cell and the nearest ones, about
+``APPROX_KNN_WORK`` in all, distances exact; a missed neighbour lowers typicality a little).
+DIVERSITY keeps each candidate's distance to its nearest pick and updates it per pick:
+lazily when DIVERSITY is the only objective that changes (stale keys are upper bounds, exact
+because those distances only shrink): below ``cell_greedy_min_candidates`` with a heap of
+candidates, above it with cells (selection_index.lazy_cell_greedy: a cell is refreshed only
+when it could hold the best key, and only against picks the triangle inequality cannot rule
+out); eagerly (O(N*D) per pick) when BALANCE or a negative DIVERSITY strength is in play.
+Both lazy loops make the eager loop's picks. All work is float32 on unit vectors, in blocks;
+nothing N x N is built.
 """
 
 from __future__ import annotations
@@ -83,18 +88,23 @@ from cloud_selector.selection_config import (
     WeightsStrategy,
 )
 from cloud_selector.selection_geometry import (
+    APPROX_KNN_WORK,
     EXACT_KNN_MAX_WORK,
     distance_from_dots,
+    knn_cell_size,
+    knn_scan,
     nearest_dot,
     typicality_scores,
     unit_vectors,
 )
+from cloud_selector.selection_index import lazy_cell_greedy, partition_cells
 
 __all__ = [
     "EXACT_KNN_MAX_WORK",
     "OBJECTIVE_FLOOR",
     "Contribution",
     "PickedSample",
+    "ScaleLimits",
     "SelectionPool",
     "SelectionResult",
     "StopReason",
@@ -107,6 +117,22 @@ OBJECTIVE_FLOOR = 1e-12
 without producing 0 * inf when another strategy has a negative strength."""
 
 _LAZY_BATCH = 64        # stale heap entries refreshed together (one small matmul)
+
+
+@dataclass(frozen=True)
+class ScaleLimits:
+    """Where ``select`` switches from exact work to work that scales (defaults suit 2 cores).
+
+    exact_knn_max_work: typicality's k-NN is exact up to queries * N * D multiply-adds.
+    approx_knn_work: beyond it, what the cell search aims to spend (see selection_geometry).
+    cell_greedy_min_candidates: from this many candidates on, the pool is cut into k-means
+    cells (shared with typicality) and the lazy greedy works cell by cell; below it, a heap
+    of single candidates (cheaper to set up; the same picks).
+    """
+
+    exact_knn_max_work: float = EXACT_KNN_MAX_WORK
+    approx_knn_work: float = APPROX_KNN_WORK
+    cell_greedy_min_candidates: int = 5_000
 
 
 # ---- records ----------------------------------------------------------------------------
@@ -443,7 +469,7 @@ class _Static:
     objective: np.ndarray   # per candidate
 
 
-def select(config: SelectionConfig, pool: SelectionPool) -> SelectionResult:
+def select(config: SelectionConfig, pool: SelectionPool, *, limits: ScaleLimits = ScaleLimits()) -> SelectionResult:
     """Pick samples from ``pool`` as ``config`` asks; deterministic for the same inputs.
 
     Raises ``SelectionConfigError`` (with the config path) when the config asks for
@@ -475,12 +501,20 @@ def select(config: SelectionConfig, pool: SelectionPool) -> SelectionResult:
     n_after = len(cand)
 
     unit = unit_vectors(pool.embeddings) if needs_embeddings else None
+    cells = None  # k-means cells of the whole pool, when it is big: typicality and greedy share them
+    uses_cells = any(isinstance(e.strategy, (DiversityStrategy, TypicalityStrategy)) for _, e in entries)
+    if unit is not None and uses_cells and len(cand) >= limits.cell_greedy_min_candidates:
+        k = max((e.strategy.num_nearest_neighbors for _, e in entries if isinstance(e.strategy, TypicalityStrategy)),
+                default=20)
+        cells = partition_cells(unit, knn_cell_size(knn_scan(len(cand), len(unit), unit.shape[1], k,
+                                                             limits.approx_knn_work)))
     statics: list[_Static] = []
     too_atypical = np.zeros(len(cand), bool)
     for i, e in entries:
         s = e.strategy
         if isinstance(s, TypicalityStrategy):
-            typ = typicality_scores(unit, s.num_nearest_neighbors, rows=cand)
+            typ = typicality_scores(unit, s.num_nearest_neighbors, rows=cand, partition=cells,
+                                    exact_max_work=limits.exact_knn_max_work, approx_work=limits.approx_knn_work)
             objective = typ / typ.max() if len(typ) else typ
             statics.append(_Static(i, e, typ, objective))
             if s.stopping_condition_minimum_typicality is not None:
@@ -509,7 +543,10 @@ def select(config: SelectionConfig, pool: SelectionPool) -> SelectionResult:
                          balances, entries, min_distance, too_atypical, requested)
     lazy = not any(e.strategy.strength != 0 for i, e in entries if i in balances) and \
         all(e.strategy.strength >= 0 for _, e in diversities)
-    reason = state.run_lazy() if lazy else state.run_eager()
+    if lazy and cells is not None and diversities:
+        reason = state.run_cells(cells.restricted(cand))
+    else:
+        reason = state.run_lazy() if lazy else state.run_eager()
     return SelectionResult(picks=tuple(state.picks), requested=requested, n_candidates=len(candidates),
                            n_after_thresholds=n_after, stop_reason=reason)
 
@@ -624,6 +661,17 @@ class _GreedyState:
             if self.vecs is not None:
                 np.minimum(self.dist, distance_from_dots(self.vecs @ self.vecs[j]), out=self.dist)
         return StopReason.N_SAMPLES
+
+    def run_cells(self, cells) -> StopReason:
+        """The lazy loop, cell by cell (``cells`` over candidate positions); same picks."""
+        if self.min_distance > 0:
+            self.alive &= self.dist >= self.min_distance
+        outcome = lazy_cell_greedy(self.vecs, cells, self.dist, self.alive,
+                                   lambda pos: self.static_log[pos] + self._dynamic_log(pos),
+                                   self._pick, self.requested, self.min_distance)
+        if outcome == "n_samples":
+            return StopReason.N_SAMPLES
+        return StopReason.MAX_SUM if outcome == "max_sum" else self._stop_reason()
 
     def run_lazy(self) -> StopReason:
         """Lazy greedy: every stored key is an upper bound (distances to picks only shrink,

@@ -26,6 +26,7 @@ from cloud_selector.selection_engine import (
     select,
     typicality_scores,
 )
+from cloud_selector.selection_index import partition_cells
 from cloud_selector.selection_metrics import selection_metrics, set_metrics
 
 
@@ -145,14 +146,20 @@ def clustered(n, dim, seed):
     return centres[rng.integers(0, 8, n)] + 0.3 * rng.standard_normal((n, dim))
 
 
-@pytest.mark.parametrize("dim", [24, 160])  # 160 > 128: candidates come from a PCA space
+@pytest.mark.parametrize("dim", [24, 160])
 def test_approximate_typicality_stays_close_to_the_reference(dim):
     x = clustered(1500, dim, seed=dim)
-    approx = typicality_scores(_unit32(x), 10, exact_max_work=0)
+    # ~100 searched rows per query (of 1500; clusters hold ~190): a quarter or more of the
+    # rows miss a true neighbour, so the search is really approximate here.
+    cells = partition_cells(_unit32(x), 64)   # small cells (the default floor, 256, would hold whole clusters)
+    approx = typicality_scores(_unit32(x), 10, exact_max_work=0, approx_work=1500 * dim * 100, partition=cells)
     ref = typiclust_reference(x, 10)
     rel = np.abs(approx / ref - 1)
-    assert rel.max() < 0.02 and np.median(rel) < 1e-5  # a missed neighbour only lowers it a bit
+    assert (rel > 1e-4).mean() > 0.1
+    assert rel.max() < 0.15 and np.median(rel) < 0.01  # a missed neighbour only lowers it a bit
     assert (approx <= ref * (1 + 1e-4)).all()
+    # With the whole pool in reach, the search is exact.
+    np.testing.assert_allclose(typicality_scores(_unit32(x), 10, exact_max_work=0), ref, rtol=2e-4)
 
 
 # Mean angle to the 2 nearest: 0 -> 1.25 deg, 1 -> 1.5, -1.5 -> 2, 3 -> 2.5, -4 -> 3.25,
