@@ -2,7 +2,9 @@
 
 Every streaming RPC holds a worker thread while open (one upload stream and one model watch
 per device), so `max_workers` bounds the fleet one process can serve; size it at
-2 x devices + headroom.
+2 x devices + headroom. An open upload stream also holds a reader thread of its own outside
+the pool (cloud_selector/ingest.py), plus two committer threads per server: about 3 threads
+per connected device in all.
 
 Security is two independent choices:
 - `auth`: who may call. `DeviceAuthenticator(catalog)` checks each call's bearer token. The
