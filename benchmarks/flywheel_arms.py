@@ -11,7 +11,7 @@ everything, so they do not stream through agents. With the frozen backbone they 
 with the same function `retrain` ends in (`head_trainer.train_head`, same config) on the
 embeddings the released model computes; with the small CNN through `head_trainer.train_bundle`.
 
-Variants of arm 5 (`5_full_balance`, `5_full_window`, `5_full_weights`, `5_full_novelty`, `5_full_no_embedding`, `5_full_diversity`) are
+Variants of arm 5 (`5_full_balance`, `5_full_window`, `5_full_weights`, `5_full_novelty`, `5_full_novelty_half`, `5_full_no_embedding`, `5_full_diversity`) are
 not in the default run; they are how candidate default changes were measured (`--arms 1,5,5_full_balance`).
 
 Accuracy: the released bundle on the clean test renders. For a head-only bundle on a backbone
@@ -160,6 +160,10 @@ ARMS: dict[str, ArmSpec] = {a.key: a for a in (
             lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
             lambda n, s: _with_strategy(n, {"input": {"type": "SCORES", "score": "novelty"},
                                             "strategy": {"type": "WEIGHTS", "strength": 1.0}})),
+    ArmSpec("5_full_novelty_half", "full pipeline + WEIGHTS on the edge's novelty score, strength 0.5", "stream",
+            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
+            lambda n, s: _with_strategy(n, {"input": {"type": "SCORES", "score": "novelty"},
+                                            "strategy": {"type": "WEIGHTS", "strength": 0.5}})),
     ArmSpec("5_full_no_embedding", "full pipeline, agents upload no embedding (upload.embedding = none: the "
             "cloud embeds the JPEGs)", "stream",
             lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
