@@ -336,7 +336,8 @@ def test_updater_refuses_bad_bundles_and_keeps_its_model(seeded, tmp_path):
         # a properly signed newer version is installed, its signature with it
         services.registry.publish(derive(v1, tmp_path / "v6", 6))
         wait_for(lambda: slot.version == 6, 20, "the agent to install v6")
-        assert installs(services.catalog)[6][0] == "healthy"  # reported installed, then healthy
+        # reported installed, then healthy: the report follows the swap, later under load
+        wait_for(lambda: installs(services.catalog).get(6, ("",))[0] == "healthy", 20, "v6 reported healthy")
         assert (models_dir / CURRENT_FILE).read_text() == "v6"
         assert verifier.verify(models_dir / "v6").signed_by == cloud_key.key_id
     finally:
