@@ -90,6 +90,22 @@ def _score_cloud(score: str) -> CloudFactory:
         {"input": {"type": "SCORES", "score": score}, "strategy": {"type": "WEIGHTS"}}]}, **NO_DEDUP)
 
 
+def _product_edge(fraction: float, seed: int) -> tuple[KeepPolicy, RecentFrames]:
+    """The product's edge: the default policy at this upload budget, with the repeat check."""
+    return KeepPolicy(product_policy(target_fraction=fraction, seed=seed)), product_repeat_check()
+
+
+def _product_cloud(n: int, seed: int) -> RoundConfig:
+    """The product's cloud: dedup + rounds.default_selection."""
+    return RoundConfig(n_samples=n)
+
+
+def _weights_on(score: str, strength: float = 1.0) -> CloudFactory:
+    """The product's default config plus WEIGHTS on one of the edge's scores."""
+    return lambda n, seed: _with_strategy(n, {"input": {"type": "SCORES", "score": score},
+                                              "strategy": {"type": "WEIGHTS", "strength": strength}})
+
+
 def _with_strategy(n: int, entry: dict) -> RoundConfig:
     """The product's default config (rounds.default_selection) with one more strategy."""
     from cloud_selector.rounds import default_selection
@@ -137,8 +153,7 @@ ARMS: dict[str, ArmSpec] = {a.key: a for a in (
             _random_cloud),
     ArmSpec("5_full", "full pipeline (product defaults: uncertainty + novelty + repeat check; dedup + "
             "rounds.default_selection)", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            lambda n, s: RoundConfig(n_samples=n)),
+            _product_edge, _product_cloud),
     ArmSpec("6_skal_uncertainty", "scikit-activeml UncertaintySampling over every frame", "pool",
             strategy="uncertainty"),
     ArmSpec("6_skal_typiclust", "scikit-activeml TypiClust over every frame", "pool", strategy="typiclust"),
@@ -146,30 +161,22 @@ ARMS: dict[str, ArmSpec] = {a.key: a for a in (
     ArmSpec("7_all_labeled", "every frame labeled (upper bound)", "all"),
     # Variants for tuning (not in the default run), e.g. --arms 5_full,5_full_balance
     ArmSpec("5_full_balance", "full pipeline + BALANCE (uniform over predicted classes)", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            _balanced_cloud),
+            _product_edge, _balanced_cloud),
     ArmSpec("5_full_window", "full pipeline, edge quantile_window 500 (adapts faster after a swap)", "stream",
             lambda f, s: (KeepPolicy(product_policy(target_fraction=f, quantile_window=500, seed=s)),
                           product_repeat_check()),
-            lambda n, s: RoundConfig(n_samples=n)),
+            _product_cloud),
     ArmSpec("5_full_weights", "full pipeline + WEIGHTS on the edge's combined score", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            lambda n, s: _with_strategy(n, {"input": {"type": "SCORES", "score": "combined"},
-                                            "strategy": {"type": "WEIGHTS", "strength": 1.0}})),
+            _product_edge, _weights_on("combined")),
     ArmSpec("5_full_novelty", "full pipeline + WEIGHTS on the edge's novelty score", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            lambda n, s: _with_strategy(n, {"input": {"type": "SCORES", "score": "novelty"},
-                                            "strategy": {"type": "WEIGHTS", "strength": 1.0}})),
+            _product_edge, _weights_on("novelty")),
     ArmSpec("5_full_novelty_half", "full pipeline + WEIGHTS on the edge's novelty score, strength 0.5", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            lambda n, s: _with_strategy(n, {"input": {"type": "SCORES", "score": "novelty"},
-                                            "strategy": {"type": "WEIGHTS", "strength": 0.5}})),
+            _product_edge, _weights_on("novelty", 0.5)),
     ArmSpec("5_full_no_embedding", "full pipeline, agents upload no embedding (upload.embedding = none: the "
             "cloud embeds the JPEGs)", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
-            lambda n, s: RoundConfig(n_samples=n), embedding="none"),
+            _product_edge, _product_cloud, embedding="none"),
     ArmSpec("5_full_diversity", "full pipeline, cloud DIVERSITY only (k-center)", "stream",
-            lambda f, s: (KeepPolicy(product_policy(target_fraction=f, seed=s)), product_repeat_check()),
+            _product_edge,
             lambda n, s: RoundConfig(n_samples=n, selection={"n_samples": n, "strategies": [
                 {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}]})),
 )}
