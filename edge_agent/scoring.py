@@ -13,8 +13,6 @@ batch ([N, C]). Pure numpy; no I/O.
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,9 +131,11 @@ def _kth_distance(similarity: np.ndarray, k: int) -> np.ndarray:
     on a 10k bank. The partition sorts NaN last, so it skips NaN similarities where the max would
     return NaN; on that (broken-bank) case the max defers to it, so the result never changes."""
     k = min(k, similarity.shape[-1])
-    kth = similarity.max(axis=-1) if k == 1 else None
-    if kth is None or np.isnan(kth).any():
-        kth = -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
+    if k == 1:
+        kth = similarity.max(axis=-1)
+        if not np.isnan(kth).any():
+            return np.clip(1.0 - kth, 0.0, 2.0).astype(np.float64)
+    kth = -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
     return np.clip(1.0 - kth, 0.0, 2.0).astype(np.float64)
 
 
@@ -169,43 +169,13 @@ class FrameScores:
         return getattr(self, measure)
 
 
-def _frame_uncertainties(probs: np.ndarray) -> tuple[float, float, float]:
-    """(least confidence, margin, entropy) of one frame's probabilities [C], exactly as the three
-    functions above compute them, with fewer numpy calls: on a frame's handful of classes each
-    numpy call costs more in overhead (~1 us) than in arithmetic, and this runs on every frame.
-    The max and the two largest come from the Python floats (exact); the entropy keeps numpy's
-    log and pairwise sum so its rounding is the same. Batches, a single class and non-finite
-    probabilities take the plain functions."""
-    p = np.asarray(probs, dtype=np.float64)
-    n_classes = p.shape[-1] if p.ndim == 1 else 0
-    values = p.tolist() if n_classes >= 2 else ()
-    if not values or not math.isfinite(sum(values)):
-        return float(least_confidence(p)), float(margin(p)), float(entropy(p))
-    top2 = sorted(values)[-2:]
-    t = np.maximum(p, 1e-12)  # np.clip(p, 1e-12, 1.0), in two in-place steps
-    np.minimum(t, 1.0, out=t)
-    np.log(t, out=t)
-    t *= p
-    h = float(-t.sum()) / _log_classes(n_classes)
-    # h first, as np.clip keeps it on a tie: a one-hot frame's -0.0 stays -0.0 as before.
-    h = min(max(h, 0.0), 1.0)
-    return 1.0 - top2[1], 1.0 - (top2[1] - top2[0]), h
-
-
-@functools.lru_cache(maxsize=64)
-def _log_classes(n_classes: int) -> float:
-    """np.log(C) as `entropy` computes it (numpy's log, which may differ from math.log in the last bit)."""
-    return float(np.log(n_classes))
-
-
 def score_frame(probs: np.ndarray, embedding: np.ndarray, bank: NoveltyBank) -> FrameScores:
     """All scores for one frame from its probabilities [C] and embedding [D]."""
     distance = float(bank.distance(embedding))
-    least, margin_, entropy_ = _frame_uncertainties(probs)
     return FrameScores(
-        least_confidence=least,
-        margin=margin_,
-        entropy=entropy_,
+        least_confidence=float(least_confidence(probs)),
+        margin=float(margin(probs)),
+        entropy=float(entropy(probs)),
         novelty=float(bank.calibrate(distance)),
         novelty_distance=distance,
     )
