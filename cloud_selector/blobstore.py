@@ -60,14 +60,37 @@ def put_all(blobs: BlobStore, items: Sequence[tuple[str, bytes]]) -> None:
         blobs.put(key, data)
 
 
+class ConcurrentCalls:
+    """fn(thing) for every thing, on a thread pool made on first use (in the caller's thread when
+    there is only one); returns once every call has finished, then raises the first error, so
+    nothing is still running when a caller cleans up after a failure."""
+
+    def __init__(self, threads: int, name: str):
+        self._threads, self._name = threads, name
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[Any], None], things: Sequence) -> None:
+        if len(things) <= 1:
+            for thing in things:
+                fn(thing)
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=self._name)
+        futures = [self._pool.submit(fn, thing) for thing in things]
+        wait(futures)
+        for future in futures:
+            future.result()
+
+
 class DirectoryBlobStore:
     """Blobs as files under `root`, written atomically (temp file, fsync, rename, fsync dir)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._calls = ConcurrentCalls(_WRITE_THREADS, "blob-write")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -99,7 +122,7 @@ class DirectoryBlobStore:
 
         renamed = 0
         try:
-            self._each(write, range(len(items)))
+            self._calls.run(write, range(len(items)))
             for tmp, path in zip(temps, paths):
                 os.replace(tmp, path)
                 renamed += 1
@@ -108,7 +131,7 @@ class DirectoryBlobStore:
                 if tmp is not None:
                     Path(tmp).unlink(missing_ok=True)
             raise
-        self._each(_fsync_dir, sorted(dirs))
+        self._calls.run(_fsync_dir, sorted(dirs))
 
     def _make_parent(self, parent: Path) -> Iterable[Path]:
         """Create `parent` if needed; the directories whose entries changed, which need an fsync

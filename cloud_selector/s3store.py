@@ -22,9 +22,7 @@ import base64
 import hashlib
 import io
 import re
-import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -36,7 +34,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
 
-from cloud_selector.blobstore import BlobError, BlobStore, DirectoryBlobStore, check_key
+from cloud_selector.blobstore import BlobError, BlobStore, ConcurrentCalls, DirectoryBlobStore, check_key
 
 ENV_ENDPOINT = "CLOUD_SELECTOR_S3_ENDPOINT"
 ENV_ACCESS_KEY = "CLOUD_SELECTOR_S3_ACCESS_KEY"
@@ -126,8 +124,7 @@ class S3BlobStore:
         self._client = Minio(settings.endpoint, access_key=settings.access_key or None,
                              secret_key=settings.secret_key or None, secure=settings.secure,
                              region=settings.region or None, http_client=_http_client(settings))
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._calls = ConcurrentCalls(_PUT_THREADS, "s3-put")
 
     @classmethod
     def open(cls, settings: S3Settings, *, create_bucket: bool = False) -> S3BlobStore:
@@ -175,17 +172,7 @@ class S3BlobStore:
         PUT has finished, so none is still running when the caller gives up on the batch."""
         for key, _ in items:
             check_key(key)
-        if len(items) <= 1:
-            for key, data in items:
-                self.put(key, data)
-            return
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="s3-put")
-        futures = [self._pool.submit(self.put, key, data) for key, data in items]
-        wait(futures)
-        for future in futures:
-            future.result()
+        self._calls.run(lambda item: self.put(*item), items)
 
     def get(self, key: str) -> bytes:
         name = self._name(key)
