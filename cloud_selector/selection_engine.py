@@ -51,7 +51,7 @@ and approximate beyond (each row searches its own k-means cell and the nearest o
 DIVERSITY keeps each candidate's distance to its nearest pick and updates it per pick:
 lazily when DIVERSITY is the only objective that changes (stale keys are upper bounds, exact
 because those distances only shrink): below ``cell_greedy_min_candidates`` with a heap of
-candidates, above it with cells (selection_index.lazy_cell_greedy: a cell is refreshed only
+candidates, above it with cells (selection_cell_greedy.lazy_cell_greedy: a cell is refreshed only
 when it could hold the best key, and only against picks the triangle inequality cannot rule
 out); eagerly (O(N*D) per pick) when BALANCE or a negative DIVERSITY strength is in play.
 Both lazy loops make the eager loop's picks. All work is float32 on unit vectors, in blocks;
@@ -66,7 +66,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_selector.selection_cell_greedy import lazy_cell_greedy
 from cloud_selector.selection_config import (
+    DEFAULT_NUM_NEAREST_NEIGHBORS,
     BalanceDistribution,
     BalanceStrategy,
     DiversityStrategy,
@@ -94,7 +96,7 @@ from cloud_selector.selection_geometry import (
     typicality_scores,
     unit_vectors,
 )
-from cloud_selector.selection_index import lazy_cell_greedy, partition_cells
+from cloud_selector.selection_index import partition_cells
 from cloud_selector.selection_records import (
     Contribution,
     PickedSample,
@@ -372,7 +374,7 @@ def select(config: SelectionConfig, pool: SelectionPool, *, limits: ScaleLimits 
     uses_cells = any(isinstance(e.strategy, (DiversityStrategy, TypicalityStrategy)) for _, e in entries)
     if unit is not None and uses_cells and len(cand) >= limits.cell_greedy_min_candidates:
         k = max((e.strategy.num_nearest_neighbors for _, e in entries if isinstance(e.strategy, TypicalityStrategy)),
-                default=20)
+                default=DEFAULT_NUM_NEAREST_NEIGHBORS)
         cells = partition_cells(unit, knn_cell_size(knn_scan(len(cand), len(unit), unit.shape[1], k,
                                                              limits.approx_knn_work)))
     statics: list[_Static] = []
