@@ -302,8 +302,17 @@ class Catalog:
         return stored
 
     def has_candidate(self, candidate_id: str) -> bool:
+        return bool(self.stored_ids([candidate_id]))
+
+    def stored_ids(self, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` the catalog holds (ids only; no row is read)."""
+        ids = list(ids)
+        found: set[str] = set()
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(candidates.c.id).where(candidates.c.id == candidate_id)).first() is not None
+            for start in range(0, len(ids), 500):  # well below PostgreSQL's 65535 parameters a statement
+                chunk = ids[start:start + 500]
+                found.update(conn.execute(sa.select(candidates.c.id).where(candidates.c.id.in_(chunk))).scalars())
+        return found
 
     def candidates(self, states: Iterable[str] | None = None, ids: Iterable[str] | None = None) -> list[CandidateRow]:
         query = sa.select(candidates).order_by(candidates.c.capture_time_ms, candidates.c.id)

@@ -109,7 +109,7 @@ def store_batch(catalog: Catalog, blobs: BlobStore, items: list[PendingCandidate
     Raises whatever the blob store or catalog raised; then nothing of the batch may be acked."""
     started = time.perf_counter()
     ids = [item.row["id"] for item in items]
-    already = {row.id for row in catalog.candidates(ids=set(ids))} if ids else set()
+    already = catalog.stored_ids(set(ids))
     fresh: dict[str, PendingCandidate] = {}
     for item in items:
         if item.row["id"] not in already:
