@@ -326,7 +326,7 @@ def store_breakdown(catalog, blobs, template: bytes, n: int) -> dict:
     candidate in total and in each step (the JPEG checks timed on the same candidates apart)."""
     from cloud_selector.ingest import IngestLimits, IngestService, check_decodes, validate
 
-    timed_catalog = TimedCalls(catalog, ("candidates", "insert_candidates", "model"))
+    timed_catalog = TimedCalls(catalog, ("stored_ids", "insert_candidates", "model"))
     timed_blobs = TimedCalls(blobs, ("put", "put_many"))
     service = IngestService(timed_catalog, timed_blobs)
     base = template_candidate(template)
